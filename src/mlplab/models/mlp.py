@@ -1,0 +1,74 @@
+"""The plain ``nn.Module`` multi-layer perceptron.
+
+Each hidden layer is a :class:`HiddenBlock`: Linear -> [BatchNorm] -> activation -> [Dropout]
+(batch norm after the linear map and before the non-linearity, as seed 001 teaches).
+``hidden_dims=[]`` gives softmax/linear regression: a single Linear layer.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from torch import Tensor, nn
+
+from mlplab.errors import ConfigError
+from mlplab.models.init import init_linear_layers
+from mlplab.models.layers import make_activation
+
+
+class HiddenBlock(nn.Sequential):
+    """Linear -> [BatchNorm1d] -> activation -> [Dropout]."""
+
+    def __init__(self, in_features: int, out_features: int, activation: str = "relu", dropout: float = 0.0, batch_norm: bool = False) -> None:
+        layers: list[nn.Module] = [nn.Linear(in_features, out_features, bias=not batch_norm)]
+        if batch_norm:
+            layers.append(nn.BatchNorm1d(out_features))
+        layers.append(make_activation(activation))
+        if dropout > 0:
+            layers.append(nn.Dropout(dropout))
+        super().__init__(*layers)
+
+
+class MLP(nn.Module):
+    """A fully-connected network mapping ``(N, input_dim)`` (or any ``(N, ...)``, flattened) to ``(N, output_dim)``.
+
+    Args:
+        input_dim: number of input features.
+        hidden_dims: widths of the hidden layers, in order; empty for a single linear layer.
+        output_dim: number of outputs (classes, labels or regression targets).
+        activation: non-linearity after each hidden layer (see ``mlplab.models.ACTIVATIONS``).
+        dropout: dropout probability after each hidden activation, in [0, 1).
+        batch_norm: insert BatchNorm1d between each hidden Linear and its activation.
+        init: weight initialisation scheme (see ``mlplab.models.INIT_SCHEMES``).
+        init_std: standard deviation for the ``normal``, ``uniform`` and ``sparse`` schemes.
+        bias_init: constant for every bias; ``None`` keeps PyTorch's default.
+    """
+
+    def __init__(
+        self,
+        input_dim: int,
+        hidden_dims: Sequence[int],
+        output_dim: int,
+        activation: str = "relu",
+        dropout: float = 0.0,
+        batch_norm: bool = False,
+        init: str = "default",
+        init_std: float = 0.01,
+        bias_init: float | None = None,
+    ) -> None:
+        super().__init__()
+        widths = [input_dim, *hidden_dims, output_dim]
+        if any(int(w) != w or w <= 0 for w in widths):
+            raise ConfigError(
+                f"layer widths must be positive integers; got input_dim={input_dim}, hidden_dims={list(hidden_dims)}, output_dim={output_dim}."
+            )
+        if not 0.0 <= dropout < 1.0:
+            raise ConfigError(f"model.dropout={dropout} is not allowed; it must be in [0, 1).")
+        self.hidden = nn.Sequential(
+            *(HiddenBlock(i, o, activation, dropout, batch_norm) for i, o in zip(widths[:-2], widths[1:-1], strict=True))
+        )
+        self.output = nn.Linear(widths[-2], output_dim)
+        init_linear_layers(self, init, init_std, bias_init)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.output(self.hidden(x.flatten(1)))

@@ -14,6 +14,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+import functools
+import inspect
+
 import torch
 from lightning.pytorch import LightningModule
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
@@ -23,6 +26,46 @@ from torchmetrics.classification import MulticlassAccuracy
 
 from mlplab.data.preprocessing import Preprocessor
 from mlplab.models.mlp import MLP
+
+# Lightning's own instantiator for hparams given as class_path/init_args (what LightningCLI saves)
+_CLI_INSTANTIATOR = "lightning.pytorch.cli.instantiate_module"
+
+
+def _callable_config(value: Any) -> dict[str, Any] | None:
+    """``{"class_path", "init_args"}`` for a class or a keyword-only ``functools.partial`` of one, else None."""
+    keywords: dict[str, Any] = {}
+    if isinstance(value, functools.partial):
+        # functools.partial(Class, **kw), or jsonargparse's partial(wrapper, instantiator, Class, **kw)
+        classes = [v for v in (value.func, *value.args) if inspect.isclass(v)]
+        if len(classes) != 1:
+            return None
+        value, keywords = classes[0], dict(value.keywords)
+    if inspect.isclass(value):
+        return {"class_path": f"{value.__module__}.{value.__qualname__}", "init_args": keywords}
+    return None
+
+
+def _store_callables_as_config(hparams: dict[str, Any]) -> None:
+    """Keep checkpoints plain data (loadable with ``torch.load(weights_only=True)``).
+
+    LightningCLI already stores the optimizer/scheduler as ``class_path``/``init_args``; a model
+    built in Python holds callables instead. Those are rewritten the same way, and Lightning's CLI
+    instantiator rebuilds them in ``load_from_checkpoint``. A callable that cannot be described
+    (a lambda) is dropped from the hparams: a reloaded model then uses the default.
+    """
+    rewritten = False
+    for key in ("optimizer", "lr_scheduler"):
+        value = hparams.get(key)
+        if value is None or isinstance(value, dict):
+            continue
+        config = _callable_config(value)
+        if config is None:
+            del hparams[key]
+        else:
+            hparams[key] = config
+        rewritten = True
+    if rewritten:
+        hparams.setdefault("_instantiator", _CLI_INSTANTIATOR)
 
 
 class LitMLP(LightningModule):
@@ -54,6 +97,7 @@ class LitMLP(LightningModule):
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
+        _store_callables_as_config(self.hparams)
         self.optimizer_factory = optimizer
         self.lr_scheduler_factory = lr_scheduler
         self.preprocessor = Preprocessor()

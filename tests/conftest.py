@@ -1,0 +1,64 @@
+"""Shared fixtures: tiny synthetic IDX data sets and the real data sets for end-to-end tests."""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import pytest
+import torch
+
+from mlplab.data import IDXDataModule, write_idx
+from mlplab.data.idx import open_maybe_gzip
+from mlplab.data.sources import MNIST, DatasetSource, IDXFile, ensure_dataset
+
+ROOT = Path(__file__).resolve().parents[1]
+REAL_DATA_DIR = ROOT / "data"
+FILE_NAMES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
+
+
+def _no_fetch(scratch: Path) -> None:
+    raise RuntimeError("tiny data sets are never fetched")
+
+
+def make_tiny_idx(raw_dir: Path, n_train: int = 240, n_test: int = 60, gz: bool = False, seed: int = 0) -> DatasetSource:
+    """Write four small, learnable MNIST-shaped IDX files and return a DatasetSource with their MD5s.
+
+    Class ``c`` images are noise plus a bright horizontal bar at row ``2 + 2c``.
+    """
+    generator = torch.Generator().manual_seed(seed)
+    arrays = []
+    for n in (n_train, n_test):
+        labels = torch.arange(n) % 10
+        images = torch.randint(0, 60, (n, 28, 28), generator=generator)
+        for c in range(10):
+            images[labels == c, 2 + 2 * c, 4:24] = 250
+        arrays += [images.to(torch.uint8), labels.to(torch.uint8)]
+    files = []
+    for name, array in zip(FILE_NAMES, arrays, strict=True):
+        path = write_idx(raw_dir / (name + (".gz" if gz else "")), array)
+        files.append(IDXFile(name, hashlib.md5(open_maybe_gzip(path)).hexdigest()))
+    return DatasetSource("Tiny", raw_dir.parent.name, *files, torchvision_class="MNIST", fetch_from_registry=_no_fetch, manual_hint="(test data)")
+
+
+def tiny_datamodule_class(source: DatasetSource) -> type[IDXDataModule]:
+    return type("TinyDataModule", (IDXDataModule,), {"source": source, "classes": tuple("0123456789")})
+
+
+@pytest.fixture
+def tiny_dm_factory(tmp_path: Path):
+    """``factory(**datamodule_kwargs)`` -> a DataModule over fresh tiny IDX files in a temp dir."""
+    source = make_tiny_idx(tmp_path / "Tiny" / "raw")
+
+    def factory(**kwargs) -> IDXDataModule:
+        kwargs.setdefault("val_size", 40)
+        kwargs.setdefault("batch_size", 32)
+        return tiny_datamodule_class(source)(data_dir=str(tmp_path), **kwargs)
+
+    return factory
+
+
+@pytest.fixture(scope="session")
+def real_mnist() -> Path:
+    """The real MNIST files in the repository's data/ folder (fetched if missing, MD5-verified)."""
+    return ensure_dataset(MNIST, REAL_DATA_DIR)

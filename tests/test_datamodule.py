@@ -1,0 +1,109 @@
+"""IDXDataModule: splits, determinism, normalisation, loaders, DDP sharding."""
+
+import pytest
+import torch
+
+from mlplab.data import TensorBatchLoader
+from mlplab.errors import ConfigError
+from tests.conftest import make_tiny_idx, tiny_datamodule_class
+
+
+def test_split_sizes_and_properties(tiny_dm_factory):
+    dm = tiny_dm_factory(val_size=40)
+    dm.prepare_data()
+    dm.setup("fit")
+    assert [len(dm.splits[s][0]) for s in ("train", "val", "test")] == [200, 40, 60]
+    assert dm.splits["train"][0].shape[1:] == (1, 28, 28) and dm.splits["train"][0].dtype == torch.float32
+    assert dm.num_classes == 10 and dm.input_shape == (1, 28, 28) and dm.input_dim == 784 and len(dm.classes) == 10
+
+
+def _val_labels_order(dm):
+    dm.setup("fit")
+    return dm.splits["val"][0].flatten(1).sum(1)
+
+
+def test_split_is_deterministic_in_seed(tiny_dm_factory):
+    same = [_val_labels_order(tiny_dm_factory(seed=1)) for _ in range(2)]
+    other = _val_labels_order(tiny_dm_factory(seed=2))
+    assert torch.equal(same[0], same[1])
+    assert not torch.equal(same[0], other)
+
+
+def test_train_and_val_are_disjoint(tiny_dm_factory):
+    dm = tiny_dm_factory()
+    dm.setup("fit")
+    train = {tuple(x.flatten().tolist()) for x in dm.splits["train"][0][:, 0, 0]}  # row 0 is noise: unique per image
+    val = {tuple(x.flatten().tolist()) for x in dm.splits["val"][0][:, 0, 0]}
+    assert not train & val
+
+
+def test_standardize_uses_training_split_statistics(tiny_dm_factory):
+    dm = tiny_dm_factory(normalize="standardize")
+    dm.setup("fit")
+    x = dm.preprocessor(dm.splits["train"][0])
+    assert abs(x.mean().item()) < 1e-4 and abs(x.std().item() - 1) < 1e-3
+    val = dm.preprocessor(dm.splits["val"][0])
+    assert abs(val.mean().item()) > 1e-6  # fitted on train only, so val is not exactly centred
+
+
+@pytest.mark.parametrize("value", [False, "none"])
+def test_normalize_off_is_identity(tiny_dm_factory, value):
+    dm = tiny_dm_factory(normalize=value)
+    dm.setup("fit")
+    x = dm.splits["train"][0]
+    assert torch.equal(dm.preprocessor(x), x.flatten(1))
+    assert 0 <= x.min() and x.max() <= 1
+
+
+def test_bad_normalize_names_allowed_values(tiny_dm_factory):
+    with pytest.raises(ConfigError, match=r"data.normalize='pca9' is not allowed; choose one of none, standardize"):
+        tiny_dm_factory(normalize="pca9")
+
+
+def test_gzip_and_raw_files_give_same_data(tmp_path):
+    raw = tiny_datamodule_class(make_tiny_idx(tmp_path / "a" / "Tiny" / "raw", gz=False))(data_dir=str(tmp_path / "a"), val_size=10)
+    gz = tiny_datamodule_class(make_tiny_idx(tmp_path / "b" / "Tiny" / "raw", gz=True))(data_dir=str(tmp_path / "b"), val_size=10)
+    for dm in (raw, gz):
+        dm.prepare_data()
+        dm.setup("fit")
+    assert all(torch.equal(a, b) for a, b in zip(raw.splits["train"], gz.splits["train"], strict=True))
+
+
+def test_train_loader_shuffles_per_epoch_val_does_not(tiny_dm_factory):
+    dm = tiny_dm_factory(batch_size=50)
+    dm.setup("fit")
+    train, val = dm.train_dataloader(), dm.val_dataloader()
+    first = torch.cat([y for _, y in train])
+    train.sampler.set_epoch(1)
+    second = torch.cat([y for _, y in train])
+    assert sorted(first.tolist()) == sorted(dm.splits["train"][1].tolist())
+    assert not torch.equal(first, second)
+    assert torch.equal(torch.cat([y for _, y in val]), dm.splits["val"][1])
+    assert torch.equal(torch.cat([y for _, y in dm.test_dataloader()]), dm.splits["test"][1])
+    assert len(train) == 4 and [len(y) for _, y in train] == [50, 50, 50, 50]
+
+
+def test_num_workers_uses_torch_dataloader(tiny_dm_factory):
+    dm = tiny_dm_factory(num_workers=1, batch_size=64)
+    dm.setup("fit")
+    loader = dm.val_dataloader()
+    assert isinstance(loader, torch.utils.data.DataLoader)
+    assert torch.equal(torch.cat([y for _, y in loader]), dm.splits["val"][1])
+
+
+@pytest.mark.parametrize("shuffle", [True, False])
+def test_ranks_see_distinct_shards(shuffle):
+    x = torch.arange(101)
+    shards = [torch.cat([b for (b,) in TensorBatchLoader((x,), 8, shuffle=shuffle, seed=3, rank=r, world_size=2)]) for r in range(2)]
+    if shuffle:  # equal lengths (DDP steps in lockstep); padding repeats at most one sample
+        assert len(shards[0]) == len(shards[1]) == 51
+        assert set(shards[0].tolist()) | set(shards[1].tolist()) == set(range(101))
+        assert len(set(shards[0].tolist()) & set(shards[1].tolist())) <= 1
+    else:  # evaluation: every sample exactly once
+        assert sorted(torch.cat(shards).tolist()) == list(range(101))
+
+
+def test_setup_rejects_val_size_not_smaller_than_training_set(tiny_dm_factory):
+    dm = tiny_dm_factory(val_size=240)
+    with pytest.raises(ConfigError, match=r"data.val_size=240 must be smaller than the 240 training samples"):
+        dm.setup("fit")

@@ -1,0 +1,56 @@
+"""IDX reading/writing: both encodings, and clear errors for every kind of bad file."""
+
+import gzip
+
+import pytest
+import torch
+
+from mlplab.data import read_idx, write_idx
+from mlplab.errors import DataError
+
+
+@pytest.mark.parametrize("suffix", ["", ".gz"])
+def test_roundtrip_raw_and_gzip(tmp_path, suffix):
+    images = torch.randint(0, 256, (7, 28, 28), dtype=torch.uint8)
+    path = write_idx(tmp_path / f"images{suffix}", images)
+    assert torch.equal(read_idx(path), images)
+    if suffix:
+        assert path.read_bytes()[:2] == b"\x1f\x8b"
+
+
+def test_write_leaves_no_temporary_file(tmp_path):
+    write_idx(tmp_path / "labels", torch.arange(10, dtype=torch.uint8))
+    assert [p.name for p in tmp_path.iterdir()] == ["labels"]
+
+
+def test_wrong_magic_number_is_named(tmp_path):
+    path = tmp_path / "bad"
+    path.write_bytes(b"\x12\x34\x08\x01" + (3).to_bytes(4, "big") + b"abc")
+    with pytest.raises(DataError, match=r"bad is not an IDX file: its magic number is 12340801"):
+        read_idx(path)
+
+
+def test_truncated_file_reports_sizes(tmp_path):
+    path = write_idx(tmp_path / "images", torch.zeros(4, 28, 28, dtype=torch.uint8))
+    path.write_bytes(path.read_bytes()[:-100])
+    with pytest.raises(DataError, match=r"holds 3036 data bytes but its header \(shape \(4, 28, 28\)\) announces 3136"):
+        read_idx(path)
+
+
+def test_gz_that_is_not_gzip(tmp_path):
+    path = tmp_path / "labels.gz"
+    path.write_bytes(b"\x00\x00\x08\x01" + (0).to_bytes(4, "big"))
+    with pytest.raises(DataError, match=r"labels.gz is named .gz but is not a gzip file"):
+        read_idx(path)
+
+
+def test_truncated_gzip(tmp_path):
+    path = tmp_path / "labels.gz"
+    path.write_bytes(gzip.compress(b"\x00\x00\x08\x01" + (100).to_bytes(4, "big") + bytes(100))[:-12])
+    with pytest.raises(DataError, match=r"damaged or truncated gzip"):
+        read_idx(path)
+
+
+def test_missing_file(tmp_path):
+    with pytest.raises(DataError, match=r"does not exist"):
+        read_idx(tmp_path / "nope")

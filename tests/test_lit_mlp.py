@@ -1,0 +1,75 @@
+"""LitMLP with a real Trainer on tiny IDX data: training loop, metrics, pre-processing, checkpoints."""
+
+import functools
+
+import pytest
+import torch
+from lightning.pytorch import Trainer
+
+from mlplab import LitMLP
+
+
+def _trainer(tmp_path, **kwargs):
+    defaults = {"default_root_dir": tmp_path, "enable_progress_bar": False, "enable_model_summary": False, "logger": False}
+    return Trainer(**{**defaults, **kwargs})
+
+
+def test_fast_dev_run(tiny_dm_factory, tmp_path):
+    model = LitMLP(hidden_dims=[32])
+    _trainer(tmp_path, fast_dev_run=True).fit(model, datamodule=tiny_dm_factory())
+    assert model.preprocessor.is_fitted
+
+
+def test_learns_the_tiny_task_and_logs_every_metric(tiny_dm_factory, tmp_path):
+    dm = tiny_dm_factory(batch_size=20)
+    model = LitMLP(hidden_dims=[64], optimizer=functools.partial(torch.optim.Adam, lr=3e-3))
+    trainer = _trainer(tmp_path, max_epochs=8, enable_checkpointing=False)
+    trainer.fit(model, datamodule=dm)
+    fit_metrics = dict(trainer.callback_metrics)
+    for key in ("train/loss", "train/acc", "val/loss", "val/acc", "val/acc_best", "hp_metric"):
+        assert key in fit_metrics, key
+    assert fit_metrics["val/acc_best"] >= fit_metrics["val/acc"]
+    assert fit_metrics["hp_metric"] == fit_metrics["val/acc_best"]
+    trainer.test(model, datamodule=dm, verbose=False)
+    assert trainer.callback_metrics["test/acc"] > 0.9
+    assert trainer.callback_metrics["test/loss"] < fit_metrics["train/loss"] * 10
+
+
+def test_preprocessor_travels_in_checkpoint(tiny_dm_factory, tmp_path):
+    dm = tiny_dm_factory()
+    model = LitMLP(hidden_dims=[16])
+    trainer = _trainer(tmp_path, max_epochs=1)
+    trainer.fit(model, datamodule=dm)
+    path = tmp_path / "model.ckpt"
+    trainer.save_checkpoint(path)
+    assert torch.load(path, weights_only=True)["state_dict"]["preprocessor.fitted"]
+    restored = LitMLP.load_from_checkpoint(path, weights_only=True)
+    assert restored.hparams.optimizer["class_path"] == "torch.optim.adam.Adam"
+    assert isinstance(restored.configure_optimizers(), torch.optim.Adam)
+    assert torch.equal(restored.preprocessor.shift, dm.preprocessor.shift)
+    x = dm.splits["test"][0][:8]
+    model.eval(), restored.eval()
+    assert torch.allclose(model(x), restored(x))
+
+
+def test_reduce_lr_on_plateau_monitors_val_loss(tiny_dm_factory, tmp_path):
+    model = LitMLP(
+        hidden_dims=[16],
+        optimizer=functools.partial(torch.optim.SGD, lr=0.1),
+        lr_scheduler=functools.partial(torch.optim.lr_scheduler.ReduceLROnPlateau, patience=0, factor=0.5, threshold=10.0),
+    )
+    trainer = _trainer(tmp_path, max_epochs=3, enable_checkpointing=False)
+    trainer.fit(model, datamodule=tiny_dm_factory())
+    # threshold=10 makes every epoch count as "no improvement": lr halves after each validation
+    assert trainer.optimizers[0].param_groups[0]["lr"] == pytest.approx(0.1 * 0.5**3)
+
+
+def test_python_built_optimizer_is_stored_as_config_and_rebuilt(tiny_dm_factory, tmp_path):
+    model = LitMLP(hidden_dims=[8], optimizer=functools.partial(torch.optim.SGD, lr=0.05, momentum=0.9))
+    trainer = _trainer(tmp_path, max_epochs=1)
+    trainer.fit(model, datamodule=tiny_dm_factory())
+    trainer.save_checkpoint(tmp_path / "sgd.ckpt")
+    restored = LitMLP.load_from_checkpoint(tmp_path / "sgd.ckpt", weights_only=True)
+    optimizer = restored.configure_optimizers()
+    assert isinstance(optimizer, torch.optim.SGD)
+    assert optimizer.defaults["lr"] == 0.05 and optimizer.defaults["momentum"] == 0.9

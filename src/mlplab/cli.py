@@ -82,6 +82,11 @@ class MLPLabCLI(LightningCLI):
             return
         callback = self.trainer.checkpoint_callback
         best = callback.best_model_path if callback is not None else ""
+        # The hparams (and TensorBoard's placeholder hp_metric=-1) were logged when fit started; logging them
+        # again for this test stage, into the same run, would overwrite the run's hp_metric.
+        for component in (self.model, self.datamodule):
+            if component is not None:
+                component._log_hyperparams = False
         self.trainer.test(self.model, datamodule=self.datamodule, ckpt_path=best or None, verbose=False)
         self._print_result(best or "none (current weights)")
 

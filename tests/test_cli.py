@@ -1,0 +1,66 @@
+"""The mlplab command: every config parses, defaults and switches, errors, the data command."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from mlplab.cli import main
+from tests.conftest import REAL_DATA_DIR, ROOT
+
+CONFIGS = sorted(p.relative_to(ROOT).as_posix() for p in (ROOT / "configs").rglob("*.yaml"))
+MLPLAB = str(Path(sys.executable).parent / "mlplab")
+
+
+def print_config(capsys, *args: str) -> dict:
+    with pytest.raises(SystemExit) as exit_info:
+        main(["fit", *args, "--print_config"])
+    assert exit_info.value.code in (0, None)
+    return yaml.safe_load(capsys.readouterr().out)
+
+
+@pytest.mark.parametrize("config", CONFIGS)
+def test_print_config_succeeds_for_every_config(config, capsys, monkeypatch):
+    monkeypatch.chdir(ROOT)
+    printed = print_config(capsys, "--config", config)
+    assert printed["data"]["class_path"].startswith("mlplab.data.")
+
+
+def test_defaults_callbacks_logger_and_seed(capsys, monkeypatch):
+    monkeypatch.chdir(ROOT)
+    printed = print_config(capsys, "--config", "configs/mnist.yaml")
+    assert printed["seed_everything"] == 42
+    assert printed["checkpoint"]["init_args"] | {"monitor": "val/acc", "mode": "max", "save_last": True} == printed["checkpoint"]["init_args"]
+    assert printed["early_stopping"]["init_args"]["monitor"] == "val/loss" and printed["early_stopping"]["init_args"]["patience"] == 5
+    assert printed["lr_monitor"]["class_path"].endswith("LearningRateMonitor")
+    assert printed["trainer"]["logger"]["init_args"]["save_dir"] == "logs"
+    assert printed["test_after_fit"] is True
+
+
+def test_configs_compose_and_command_line_overrides(capsys, monkeypatch):
+    monkeypatch.chdir(ROOT)
+    printed = print_config(
+        capsys, "--config", "configs/fashion_mnist.yaml", "--config", "configs/seeds/d2l_fashion_mlp.yaml", "--model.optimizer=SGD", "--model.optimizer.lr=0.05"
+    )
+    assert printed["model"]["optimizer"]["class_path"] == "torch.optim.SGD"
+    assert printed["model"]["optimizer"]["init_args"]["lr"] == 0.05
+    assert printed["early_stopping"] is None and printed["model"]["hidden_dims"] == [256]
+
+
+def test_bad_value_gives_one_paragraph_and_nonzero_exit(tmp_path):
+    result = subprocess.run(
+        [MLPLAB, "fit", "--config", "configs/mnist.yaml", "--model.activation=swish", f"--data.data_dir={tmp_path}"],
+        cwd=ROOT, capture_output=True, text=True, timeout=120,
+    )
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines()[-1] == (
+        "mlplab: error: model.activation='swish' is not a known activation; allowed: relu, leaky_relu, elu, gelu, sigmoid, tanh, identity."
+    )
+    assert "Traceback" not in result.stderr
+
+
+def test_data_download_verifies_present_files(real_mnist, capsys):
+    main(["data", "download", "--dataset", "mnist", "--data_dir", str(REAL_DATA_DIR), "--source", "registry"])
+    assert capsys.readouterr().out.strip() == f"mlplab: MNIST ready in {real_mnist} (4 files, MD5 verified)"

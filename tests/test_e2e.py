@@ -1,0 +1,65 @@
+"""End to end on the real MNIST files: the real `mlplab` command, a few batches, then reload."""
+
+import re
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+from tests.conftest import REAL_DATA_DIR, ROOT
+
+MLPLAB = str(Path(sys.executable).parent / "mlplab")
+RESULT_LINE = re.compile(r"^mlplab: test/acc=(?P<acc>[0-9.]+) test/loss=(?P<loss>[0-9.]+) ckpt=(?P<ckpt>\S+)$", re.MULTILINE)
+
+
+@pytest.fixture(scope="module")
+def short_run(real_mnist, tmp_path_factory) -> dict:
+    logs = tmp_path_factory.mktemp("e2e") / "logs"
+    command = [
+        MLPLAB, "fit", "--config", "configs/mnist.yaml",
+        "--trainer.max_epochs=2", "--trainer.limit_train_batches=30", "--trainer.limit_val_batches=5",
+        "--trainer.log_every_n_steps=10", "--trainer.enable_progress_bar=false",
+        f"--trainer.logger.init_args.save_dir={logs}", f"--data.data_dir={REAL_DATA_DIR}",
+    ]
+    result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    match = RESULT_LINE.search(result.stdout)
+    assert match, result.stdout[-2000:]
+    return {"logs": logs, "acc": float(match["acc"]), "loss": float(match["loss"]), "ckpt": Path(match["ckpt"])}
+
+
+def test_fit_writes_checkpoints_and_prints_the_result_line(short_run):
+    ckpt = short_run["ckpt"]
+    assert ckpt.is_file() and ckpt.parent == short_run["logs"] / "mnist" / "version_0" / "checkpoints"
+    assert (ckpt.parent / "last.ckpt").is_file()
+    assert 0.5 < short_run["acc"] <= 1.0  # 60 steps of Adam on MNIST: far above chance
+
+
+def test_tensorboard_has_scalars_image_and_hparams(short_run):
+    events = EventAccumulator(str(short_run["logs"] / "mnist" / "version_0"), size_guidance={"scalars": 0})
+    events.Reload()
+    scalars = set(events.Tags()["scalars"])
+    expected = {"train/loss", "train/acc", "val/loss", "val/acc", "val/acc_best", "test/acc", "test/loss", "lr-Adam", "hp_metric"}
+    assert expected <= scalars, expected - scalars
+    assert "train/batch" in events.Tags()["images"]
+    assert "hparams" in " ".join(events.PluginTagToContent("hparams")) or events.PluginTagToContent("hparams")
+    assert events.Scalars("test/acc")[-1].value == pytest.approx(short_run["acc"], abs=1e-4)
+    assert events.Scalars("hp_metric")[-1].value == pytest.approx(events.Scalars("val/acc_best")[-1].value)
+
+
+def test_reloaded_checkpoint_gives_the_same_test_accuracy_in_a_new_process(short_run):
+    script = textwrap.dedent(f"""
+        from lightning.pytorch import Trainer
+        from mlplab import LitMLP
+        from mlplab.data import MNISTDataModule
+        model = LitMLP.load_from_checkpoint({str(short_run["ckpt"])!r}, weights_only=True)
+        trainer = Trainer(logger=False, enable_progress_bar=False, enable_model_summary=False)
+        (result,) = trainer.test(model, datamodule=MNISTDataModule(data_dir={str(REAL_DATA_DIR)!r}), verbose=False)
+        print(f"acc={{result['test/acc']:.4f}}")
+    """)
+    result = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.strip().splitlines()[-1] == f"acc={short_run['acc']:.4f}"

@@ -1,0 +1,24 @@
+"""Data: IDX files (read, verify, fetch) and LightningDataModules serving them from memory."""
+
+from mlplab.data.datamodules import DATAMODULES, FashionMNISTDataModule, IDXDataModule, MNISTDataModule
+from mlplab.data.idx import read_idx, write_idx
+from mlplab.data.loader import TensorBatchLoader
+from mlplab.data.preprocessing import Preprocessor, fit_preprocessor
+from mlplab.data.sources import FASHION_MNIST, MNIST, DatasetSource, IDXFile, ensure_dataset
+
+__all__ = [
+    "DATAMODULES",
+    "FASHION_MNIST",
+    "MNIST",
+    "DatasetSource",
+    "FashionMNISTDataModule",
+    "IDXDataModule",
+    "IDXFile",
+    "MNISTDataModule",
+    "Preprocessor",
+    "TensorBatchLoader",
+    "ensure_dataset",
+    "fit_preprocessor",
+    "read_idx",
+    "write_idx",
+]

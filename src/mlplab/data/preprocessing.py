@@ -1,0 +1,83 @@
+"""Input pre-processing fitted on the training split and carried inside the model.
+
+Every transform mlplab offers is an affine map of the flattened input,
+``((x - shift) / scale) @ projection`` (projection omitted when empty), so one small module
+with three buffers represents all of them and travels in the checkpoint's ``state_dict``: test,
+predict and exported models apply exactly what training fitted.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+from torch import Tensor, nn
+
+from mlplab.errors import ConfigError
+
+
+class Preprocessor(nn.Module):
+    """``x -> ((flatten(x) - shift) / scale) @ projection``; the identity until fitted.
+
+    Buffers adopt the shapes found in a loaded ``state_dict``, so a checkpoint restores whatever
+    transform it was trained with without the caller knowing its kind in advance.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.register_buffer("shift", torch.zeros(1))
+        self.register_buffer("scale", torch.ones(1))
+        self.register_buffer("projection", torch.empty(0))
+        self.register_buffer("fitted", torch.tensor(False))
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = (x.flatten(1) - self.shift) / self.scale
+        if self.projection.numel():
+            x = x @ self.projection
+        return x
+
+    def set_(self, shift: Tensor, scale: Tensor, projection: Tensor | None = None) -> Preprocessor:
+        """Install fitted parameters (any broadcastable shapes) and mark the module fitted."""
+        device = self.shift.device
+        self.shift = shift.detach().reshape(-1).to(device, torch.float32)
+        self.scale = scale.detach().reshape(-1).to(device, torch.float32)
+        self.projection = (torch.empty(0) if projection is None else projection.detach()).to(device, torch.float32)
+        self.fitted = torch.tensor(True, device=device)
+        return self
+
+    @property
+    def is_fitted(self) -> bool:
+        return bool(self.fitted)
+
+    def output_dim(self, input_dim: int) -> int:
+        return self.projection.shape[1] if self.projection.numel() else input_dim
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):  # noqa: ANN001, ANN002, ANN003
+        for name, buffer in self._buffers.items():
+            saved = state_dict.get(prefix + name)
+            if saved is not None and buffer is not None and saved.shape != buffer.shape:
+                self._buffers[name] = torch.empty_like(saved, device=buffer.device)
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
+
+def _fit_none(x: Tensor) -> Preprocessor:
+    return Preprocessor().set_(torch.zeros(1), torch.ones(1))
+
+
+def _fit_standardize(x: Tensor) -> Preprocessor:
+    """Centre and scale with the split's global mean and standard deviation (seed 001)."""
+    x = x.flatten(1).double()
+    return Preprocessor().set_(x.mean(), x.std().clamp_min(1e-12))
+
+
+PREPROCESSING: dict[str, Callable[[Tensor], Preprocessor]] = {
+    "none": _fit_none,
+    "standardize": _fit_standardize,
+}
+
+
+def fit_preprocessor(kind: str, x: Tensor) -> Preprocessor:
+    """Fit the pre-processing named ``kind`` on the training inputs ``x`` (N, ...)."""
+    if kind not in PREPROCESSING:
+        raise ConfigError(f"normalize={kind!r} is not a known pre-processing; allowed: {', '.join(PREPROCESSING)}.")
+    return PREPROCESSING[kind](x)

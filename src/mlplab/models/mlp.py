@@ -1,8 +1,10 @@
 """The plain ``nn.Module`` multi-layer perceptron.
 
 Each hidden layer is a :class:`HiddenBlock`: Linear -> [BatchNorm] -> activation -> [Dropout]
-(batch norm after the linear map and before the non-linearity, as seed 001 teaches).
-``hidden_dims=[]`` gives softmax/linear regression: a single Linear layer.
+(batch norm after the linear map and before the non-linearity, as seed 001 teaches). With
+``activation="maxout"`` the Linear widens to ``out * pieces`` and the activation is the max over
+pieces. With ``residual=True`` each block adds its input back (seed 003), through a bias-free
+linear projection when the widths differ. ``hidden_dims=[]`` gives a single Linear layer.
 """
 
 from __future__ import annotations
@@ -13,20 +15,44 @@ from torch import Tensor, nn
 
 from mlplab.errors import ConfigError
 from mlplab.models.init import init_linear_layers
-from mlplab.models.layers import make_activation
+from mlplab.models.layers import ACTIVATION_NAMES, Maxout, make_activation
 
 
-class HiddenBlock(nn.Sequential):
-    """Linear -> [BatchNorm1d] -> activation -> [Dropout]."""
+class HiddenBlock(nn.Module):
+    """``branch(x)`` or, if ``residual``, ``shortcut(x) + branch(x)``.
 
-    def __init__(self, in_features: int, out_features: int, activation: str = "relu", dropout: float = 0.0, batch_norm: bool = False) -> None:
-        layers: list[nn.Module] = [nn.Linear(in_features, out_features, bias=not batch_norm)]
-        if batch_norm:
-            layers.append(nn.BatchNorm1d(out_features))
-        layers.append(make_activation(activation))
+    The branch is Linear -> [BatchNorm1d] -> activation -> [Dropout], or Maxout -> [Dropout].
+    """
+
+    def __init__(
+        self,
+        in_features: int,
+        out_features: int,
+        activation: str = "relu",
+        dropout: float = 0.0,
+        batch_norm: bool = False,
+        residual: bool = False,
+        maxout_pieces: int = 2,
+    ) -> None:
+        super().__init__()
+        layers: list[nn.Module]
+        if activation == "maxout":
+            layers = [Maxout(in_features, out_features, maxout_pieces, batch_norm)]
+        else:
+            layers = [nn.Linear(in_features, out_features, bias=not batch_norm)]
+            if batch_norm:
+                layers.append(nn.BatchNorm1d(out_features))
+            layers.append(make_activation(activation))
         if dropout > 0:
             layers.append(nn.Dropout(dropout))
-        super().__init__(*layers)
+        self.branch = nn.Sequential(*layers)
+        self.shortcut: nn.Module | None = None
+        if residual:
+            self.shortcut = nn.Identity() if in_features == out_features else nn.Linear(in_features, out_features, bias=False)
+
+    def forward(self, x: Tensor) -> Tensor:
+        out = self.branch(x)
+        return out if self.shortcut is None else self.shortcut(x) + out
 
 
 class MLP(nn.Module):
@@ -36,9 +62,11 @@ class MLP(nn.Module):
         input_dim: number of input features.
         hidden_dims: widths of the hidden layers, in order; empty for a single linear layer.
         output_dim: number of outputs (classes, labels or regression targets).
-        activation: non-linearity after each hidden layer (see ``mlplab.models.ACTIVATIONS``).
+        activation: non-linearity after each hidden layer: one of ``ACTIVATION_NAMES`` (incl. ``maxout``).
         dropout: dropout probability after each hidden activation, in [0, 1).
         batch_norm: insert BatchNorm1d between each hidden Linear and its activation.
+        residual: add each hidden block's input to its output (projected when widths differ).
+        maxout_pieces: linear pieces per maxout unit (``activation="maxout"`` only).
         init: weight initialisation scheme (see ``mlplab.models.INIT_SCHEMES``).
         init_std: standard deviation for the ``normal``, ``uniform`` and ``sparse`` schemes.
         bias_init: constant for every bias; ``None`` keeps PyTorch's default.
@@ -52,6 +80,8 @@ class MLP(nn.Module):
         activation: str = "relu",
         dropout: float = 0.0,
         batch_norm: bool = False,
+        residual: bool = False,
+        maxout_pieces: int = 2,
         init: str = "default",
         init_std: float = 0.01,
         bias_init: float | None = None,
@@ -64,8 +94,13 @@ class MLP(nn.Module):
             )
         if not 0.0 <= dropout < 1.0:
             raise ConfigError(f"model.dropout={dropout} is not allowed; it must be in [0, 1).")
+        if activation not in ACTIVATION_NAMES:
+            raise ConfigError(f"model.activation={activation!r} is not a known activation; allowed: {', '.join(ACTIVATION_NAMES)}.")
         self.hidden = nn.Sequential(
-            *(HiddenBlock(i, o, activation, dropout, batch_norm) for i, o in zip(widths[:-2], widths[1:-1], strict=True))
+            *(
+                HiddenBlock(i, o, activation, dropout, batch_norm, residual, maxout_pieces)
+                for i, o in zip(widths[:-2], widths[1:-1], strict=True)
+            )
         )
         self.output = nn.Linear(widths[-2], output_dim)
         init_linear_layers(self, init, init_std, bias_init)

@@ -56,7 +56,7 @@ def test_bad_value_gives_one_paragraph_and_nonzero_exit(tmp_path):
     )
     assert result.returncode == 2
     assert result.stderr.strip().splitlines()[-1] == (
-        "mlplab: error: model.activation='swish' is not a known activation; allowed: relu, leaky_relu, elu, gelu, sigmoid, tanh, identity."
+        "mlplab: error: model.activation='swish' is not a known activation; allowed: relu, leaky_relu, elu, gelu, sigmoid, tanh, identity, maxout."
     )
     assert "Traceback" not in result.stderr
 

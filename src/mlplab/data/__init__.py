@@ -1,13 +1,28 @@
 """Data: IDX files (read, verify, fetch) and LightningDataModules serving them from memory."""
 
-from mlplab.data.datamodules import DATAMODULES, FashionMNISTDataModule, IDXDataModule, MNISTDataModule
+from mlplab.data.augment import BatchAugment
+from mlplab.data.datamodules import (
+    DATAMODULES,
+    FashionMNISTDataModule,
+    IDXDataModule,
+    InMemoryDataModule,
+    MNISTDataModule,
+    MultiLabelMNISTDataModule,
+)
 from mlplab.data.idx import read_idx, write_idx
 from mlplab.data.loader import TensorBatchLoader
 from mlplab.data.preprocessing import Preprocessor, fit_preprocessor
 from mlplab.data.sources import FASHION_MNIST, MNIST, DatasetSource, IDXFile, ensure_dataset
+from mlplab.data.synthetic import LinearRegressionDataModule, NoisyLineDataModule, SyntheticRegressionDataModule
 
 __all__ = [
+    "BatchAugment",
     "DATAMODULES",
+    "InMemoryDataModule",
+    "LinearRegressionDataModule",
+    "MultiLabelMNISTDataModule",
+    "NoisyLineDataModule",
+    "SyntheticRegressionDataModule",
     "FASHION_MNIST",
     "MNIST",
     "DatasetSource",

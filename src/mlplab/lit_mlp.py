@@ -74,7 +74,7 @@ def _task_metrics(task: str, num_outputs: int) -> MetricCollection:
         return MetricCollection({"acc": MulticlassAccuracy(num_outputs, average="micro")})
     if task == "multilabel":
         return MetricCollection({"acc": MultilabelAccuracy(num_outputs), "f1": MultilabelF1Score(num_outputs)})
-    return MetricCollection({"mse": MeanSquaredError(), "mae": MeanAbsoluteError(), "r2": R2Score(num_outputs=num_outputs)})
+    return MetricCollection({"mse": MeanSquaredError(), "mae": MeanAbsoluteError(), "r2": R2Score(multioutput="uniform_average")})
 
 
 class LitMLP(LightningModule):

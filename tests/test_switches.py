@@ -1,0 +1,309 @@
+"""Every training switch of the seed documents, each shown to have its effect with a real Trainer."""
+
+import csv
+import functools
+import math
+
+import pytest
+import torch
+from lightning.pytorch import Trainer
+from lightning.pytorch.callbacks import LearningRateMonitor
+from lightning.pytorch.loggers import CSVLogger
+
+from mlplab import LitMLP
+from mlplab.data import BatchAugment, LinearRegressionDataModule, MultiLabelMNISTDataModule, NoisyLineDataModule
+from mlplab.errors import ConfigError
+from mlplab.schedules import WarmupCosineLR
+from tests.conftest import make_tiny_idx
+
+
+def fit(model, dm, tmp_path, epochs=1, **trainer_kwargs):
+    kwargs = {"max_epochs": epochs, "logger": False, "enable_progress_bar": False, "enable_model_summary": False,
+              "enable_checkpointing": False, "default_root_dir": tmp_path, **trainer_kwargs}
+    trainer = Trainer(**kwargs)
+    trainer.fit(model, datamodule=dm)
+    return trainer
+
+
+def logged(tmp_path, key):
+    """(step, value) rows of ``key`` from a CSVLogger run."""
+    (path,) = tmp_path.rglob("metrics.csv")
+    with path.open() as handle:
+        return [(int(row["step"]), float(row[key])) for row in csv.DictReader(handle) if row.get(key)]
+
+
+# ---------------------------------------------------------------- model switches through LitMLP
+
+
+@pytest.mark.parametrize(
+    "switches",
+    [
+        {"activation": "maxout", "maxout_pieces": 3, "batch_norm": True},
+        {"residual": True, "hidden_dims": [32, 32, 16]},
+        {"activation": "gelu", "dropout": 0.3},
+        {"activation": "sigmoid", "init": "xavier_normal"},
+        {"hidden_dims": []},
+    ],
+)
+def test_model_switches_train(tiny_dm_factory, tmp_path, switches):
+    model = LitMLP(**{"hidden_dims": [32], **switches})
+    trainer = fit(model, tiny_dm_factory(), tmp_path, epochs=2)
+    assert math.isfinite(trainer.callback_metrics["train/loss"])
+
+
+# ---------------------------------------------------------------- regularisation
+
+
+def _fraction_near_zero(model):
+    weights = torch.cat([p.detach().flatten() for p in model.net.parameters() if p.ndim > 1])
+    return (weights.abs() < 1e-3).float().mean().item()
+
+
+def test_l1_drives_more_weights_to_zero_and_is_logged(tiny_dm_factory, tmp_path):
+    sgd = functools.partial(torch.optim.SGD, lr=0.05)
+    torch.manual_seed(0)
+    plain = LitMLP(hidden_dims=[32], optimizer=sgd)
+    torch.manual_seed(0)
+    lasso = LitMLP(hidden_dims=[32], optimizer=sgd, l1=1e-3)
+    fit(plain, tiny_dm_factory(), tmp_path / "a", epochs=15)
+    trainer = fit(lasso, tiny_dm_factory(), tmp_path / "b", epochs=15)
+    assert _fraction_near_zero(lasso) > 5 * max(_fraction_near_zero(plain), 0.01)
+    l1_now = 1e-3 * sum(p.abs().sum() for p in lasso.net.parameters() if p.ndim > 1)
+    assert trainer.callback_metrics["train/l1"].item() == pytest.approx(l1_now.item(), rel=0.2)
+    assert "train/l2" not in trainer.callback_metrics
+
+
+def test_l2_penalty_shrinks_weights(tiny_dm_factory, tmp_path):
+    sgd = functools.partial(torch.optim.SGD, lr=0.05)
+    torch.manual_seed(0)
+    plain = LitMLP(hidden_dims=[32], optimizer=sgd)
+    torch.manual_seed(0)
+    ridge = LitMLP(hidden_dims=[32], optimizer=sgd, l2=0.1)
+    fit(plain, tiny_dm_factory(), tmp_path / "a", epochs=10)
+    trainer = fit(ridge, tiny_dm_factory(), tmp_path / "b", epochs=10)
+    norm = lambda m: sum(p.pow(2).sum() for p in m.net.parameters() if p.ndim > 1).item()  # noqa: E731
+    assert norm(ridge) < 0.8 * norm(plain)
+    assert trainer.callback_metrics["train/l2"].item() > 0
+
+
+def test_weight_decay_can_spare_biases_and_norm_layers(tiny_dm_factory, tmp_path):
+    model = LitMLP(hidden_dims=[16], batch_norm=True, decay_bias_and_norm=False, optimizer=functools.partial(torch.optim.AdamW, weight_decay=0.5))
+    optimizer = model.configure_optimizers()
+    decay, no_decay = optimizer.param_groups
+    assert decay["weight_decay"] == 0.5 and no_decay["weight_decay"] == 0.0
+    assert all(p.ndim == 2 for p in decay["params"]) and all(p.ndim == 1 for p in no_decay["params"])
+    assert len(decay["params"]) + len(no_decay["params"]) == len(list(model.parameters()))
+    # pure decay (zero learning signal): weights shrink, biases stay
+    with_grads = LitMLP(hidden_dims=[16], decay_bias_and_norm=False, optimizer=functools.partial(torch.optim.SGD, lr=0.1, weight_decay=0.5))
+    opt = with_grads.configure_optimizers()
+    bias_before, weight_before = with_grads.net.output.bias.clone(), with_grads.net.output.weight.clone()
+    for p in with_grads.parameters():
+        p.grad = torch.zeros_like(p)
+    opt.step()
+    assert torch.equal(with_grads.net.output.bias, bias_before)
+    assert torch.allclose(with_grads.net.output.weight, weight_before * (1 - 0.1 * 0.5))
+
+
+# ---------------------------------------------------------------- optimizers
+
+OPTIMIZERS = {
+    "SGD": {"lr": 0.1, "momentum": 0.9, "dampening": 0.1, "weight_decay": 1e-4},
+    "SGD-nesterov": {"lr": 0.1, "momentum": 0.9, "nesterov": True},
+    "Adagrad": {"lr": 0.05},
+    "RMSprop": {"lr": 1e-3},
+    "Adadelta": {"lr": 1.0},
+    "Adam": {"lr": 1e-3, "amsgrad": True},
+    "Adamax": {"lr": 2e-3},
+    "AdamW": {"lr": 1e-3, "weight_decay": 0.01},
+    "ASGD": {"lr": 0.1},
+    "Rprop": {"lr": 1e-3},
+    "NAdam": {"lr": 2e-3},
+    "RAdam": {"lr": 1e-2},
+    "LBFGS": {"lr": 0.5, "max_iter": 5},
+}
+
+
+@pytest.mark.parametrize("name", list(OPTIMIZERS))
+def test_every_optimizer_of_seed_001_lowers_the_loss(tiny_dm_factory, tmp_path, name):
+    cls = getattr(torch.optim, name.split("-")[0])
+    dm = tiny_dm_factory(batch_size=50)
+    model = LitMLP(hidden_dims=[32], optimizer=functools.partial(cls, **OPTIMIZERS[name]))
+    dm.setup()
+    x, y = dm.splits["train"]
+    model.preprocessor.load_state_dict(dm.preprocessor.state_dict())
+    before = torch.nn.functional.cross_entropy(model(x), y).item()
+    fit(model, dm, tmp_path, epochs=3)
+    after = torch.nn.functional.cross_entropy(model(x), y).item()
+    assert after < 0.7 * before, (before, after)
+
+
+def test_lbfgs_evaluates_the_closure_several_times_per_step(tiny_dm_factory, tmp_path):
+    model = LitMLP(hidden_dims=[16], optimizer=functools.partial(torch.optim.LBFGS, lr=0.5, max_iter=5))
+    trainer = fit(model, tiny_dm_factory(batch_size=50), tmp_path, epochs=1)
+    state = next(iter(trainer.optimizers[0].state.values()))
+    assert trainer.global_step == 4 and state["func_evals"] > trainer.global_step
+
+
+def test_sparse_adam_is_rejected_with_the_reason():
+    with pytest.raises(ConfigError, match=r"SparseAdam is not allowed for an MLP: SparseAdam only accepts sparse gradients"):
+        LitMLP(optimizer=torch.optim.SparseAdam)
+
+
+# ---------------------------------------------------------------- schedules: the logged lr follows the formula
+
+
+def _lr_run(tiny_dm_factory, tmp_path, scheduler, epochs, interval="epoch", batch_size=40, **model_kwargs):
+    model = LitMLP(hidden_dims=[8], optimizer=functools.partial(torch.optim.SGD, lr=0.1), lr_scheduler=scheduler, **model_kwargs)
+    logger = CSVLogger(tmp_path, name="lr")
+    fit(model, tiny_dm_factory(batch_size=batch_size), tmp_path, epochs=epochs, logger=logger,
+        callbacks=[LearningRateMonitor(logging_interval=interval)], log_every_n_steps=1)
+    return logged(tmp_path, "lr-SGD"), model
+
+
+@pytest.mark.parametrize(
+    ("scheduler", "formula"),
+    [
+        (functools.partial(torch.optim.lr_scheduler.StepLR, step_size=5, gamma=0.1), lambda e: 0.1 * 0.1 ** (e // 5)),
+        (functools.partial(torch.optim.lr_scheduler.MultiStepLR, milestones=[2, 7], gamma=0.5), lambda e: 0.1 * 0.5 ** ((e >= 2) + (e >= 7))),
+        (functools.partial(torch.optim.lr_scheduler.ExponentialLR, gamma=0.8), lambda e: 0.1 * 0.8**e),
+        (functools.partial(torch.optim.lr_scheduler.CosineAnnealingLR, T_max=12), lambda e: 0.05 * (1 + math.cos(math.pi * e / 12))),
+    ],
+)
+def test_epoch_schedules_follow_their_formula(tiny_dm_factory, tmp_path, scheduler, formula):
+    rows, _ = _lr_run(tiny_dm_factory, tmp_path, scheduler, epochs=12)
+    steps_per_epoch = 5  # 200 training samples / batch 40
+    assert len(rows) == 12
+    for step, lr in rows:
+        assert lr == pytest.approx(formula(step // steps_per_epoch), rel=1e-6, abs=1e-12)
+
+
+def test_one_cycle_takes_total_steps_from_the_trainer(tiny_dm_factory, tmp_path):
+    rows, model = _lr_run(tiny_dm_factory, tmp_path, functools.partial(torch.optim.lr_scheduler.OneCycleLR, max_lr=1.0), epochs=4, interval="step")
+    scheduler = model.trainer.lr_scheduler_configs[0]
+    assert scheduler.interval == "step" and scheduler.scheduler.total_steps == 20
+    lrs = [lr for _, lr in rows]
+    assert len(lrs) == 20 and lrs[0] == pytest.approx(1.0 / 25)  # max_lr / div_factor
+    assert max(lrs) == pytest.approx(1.0, rel=0.05) and lrs.index(max(lrs)) in (5, 6)  # peak at pct_start=0.3
+    assert lrs[-1] < 1e-3
+
+
+def test_warmup_cosine_follows_its_formula_per_step(tiny_dm_factory, tmp_path):
+    rows, model = _lr_run(tiny_dm_factory, tmp_path, functools.partial(WarmupCosineLR, warmup_steps=5), epochs=4, interval="step")
+    total = 20
+    assert model.trainer.lr_scheduler_configs[0].scheduler.total_steps == total
+    for step, lr in rows:
+        factor = (step + 1) / 5 if step < 5 else 0.5 * (1 + math.cos(math.pi * (step - 5) / (total - 5)))
+        assert lr == pytest.approx(0.1 * factor, rel=1e-6, abs=1e-12)
+
+
+# ---------------------------------------------------------------- gradient clipping and the logged gradient norm
+
+
+@pytest.mark.parametrize("algorithm", ["norm", "value"])
+def test_gradient_clipping_bounds_each_update(tiny_dm_factory, tmp_path, algorithm):
+    model = LitMLP(hidden_dims=[16], optimizer=functools.partial(torch.optim.SGD, lr=1.0))
+    dm = tiny_dm_factory(batch_size=200)
+    before = [p.detach().clone() for p in model.parameters()]
+    trainer = fit(model, dm, tmp_path, max_steps=1, gradient_clip_val=1e-3, gradient_clip_algorithm=algorithm, log_every_n_steps=1)
+    deltas = torch.cat([(p.detach() - b).flatten() for p, b in zip(model.parameters(), before, strict=True)])
+    if algorithm == "norm":
+        assert deltas.norm().item() == pytest.approx(1e-3, rel=1e-3)
+    else:
+        assert deltas.abs().max().item() == pytest.approx(1e-3, rel=1e-4)
+    assert trainer.callback_metrics["train/grad_norm"].item() > 1e-2  # the norm before clipping
+
+
+# ---------------------------------------------------------------- update schemes (seed 004)
+
+
+@pytest.mark.parametrize(("batch_size", "steps_per_epoch"), [(None, 1), (1, 100), (20, 5)])
+def test_batch_online_and_minibatch_update_counts(tmp_path, batch_size, steps_per_epoch):
+    model = LitMLP(input_dim=1, num_classes=1, hidden_dims=[], task="regression", optimizer=functools.partial(torch.optim.SGD, lr=0.01))
+    trainer = fit(model, LinearRegressionDataModule(batch_size=batch_size), tmp_path, epochs=3)
+    assert trainer.callback_metrics["train/optimizer_steps_per_epoch"].item() == steps_per_epoch
+    assert trainer.callback_metrics["train/optimizer_steps"].item() == 3 * steps_per_epoch
+
+
+def test_batch_size_larger_than_training_split_is_rejected():
+    with pytest.raises(ConfigError, match=r"data.batch_size=101 is larger than the 100 training samples"):
+        LinearRegressionDataModule(batch_size=101).setup()
+
+
+# ---------------------------------------------------------------- tasks
+
+
+def test_regression_recovers_seed_004_line(tmp_path):
+    model = LitMLP(input_dim=1, num_classes=1, hidden_dims=[], task="regression", optimizer=functools.partial(torch.optim.SGD, lr=0.1))
+    trainer = fit(model, LinearRegressionDataModule(batch_size=20), tmp_path, epochs=60)
+    assert model.net.output.weight.item() == pytest.approx(2.0, abs=0.25)
+    assert model.net.output.bias.item() == pytest.approx(3.0, abs=0.3)
+    for key in ("val/mse", "val/mae", "val/r2", "val/mse_best"):
+        assert key in trainer.callback_metrics
+    assert trainer.callback_metrics["val/mse"].item() < 0.4  # noise variance 0.25
+
+
+def test_dropout_changes_the_fit_of_the_noisy_line(tmp_path):
+    adam = functools.partial(torch.optim.Adam, lr=0.01)
+    plain = LitMLP(input_dim=1, num_classes=1, hidden_dims=[200, 200], task="regression", optimizer=adam)
+    dropout = LitMLP(input_dim=1, num_classes=1, hidden_dims=[200, 200], dropout=0.5, task="regression", optimizer=adam)
+    fit(plain, NoisyLineDataModule(), tmp_path / "a", epochs=300)
+    fit(dropout, NoisyLineDataModule(), tmp_path / "b", epochs=300)
+    x, y = NoisyLineDataModule().build_splits()["train"]
+    train_mse = {name: torch.nn.functional.mse_loss(m.eval()(x), y).item() for name, m in (("plain", plain), ("dropout", dropout))}
+    assert train_mse["plain"] < train_mse["dropout"]  # the unregularised net fits the training noise harder
+
+
+def test_multilabel_overlaid_digits(tmp_path):
+    source = make_tiny_idx(tmp_path / "Tiny" / "raw", n_train=400, n_test=100)
+    dm = type("TinyMultiLabel", (MultiLabelMNISTDataModule,), {"source": source})(data_dir=str(tmp_path), val_size=50, batch_size=25)
+    dm.setup()
+    x, y = dm.splits["train"]
+    assert y.shape == (350, 10) and set(y.sum(1).tolist()) <= {1.0, 2.0} and (y.sum(1) == 2).any()
+    model = LitMLP(hidden_dims=[64], task="multilabel")
+    trainer = fit(model, dm, tmp_path, epochs=10)
+    assert trainer.callback_metrics["val/acc"] > 0.9 and "val/f1" in trainer.callback_metrics
+    probabilities = model.predict_step((x[:4], y[:4]), 0)
+    assert probabilities.shape == (4, 10) and ((probabilities >= 0) & (probabilities <= 1)).all()
+
+
+def test_task_must_fit_the_data(tiny_dm_factory, tmp_path):
+    with pytest.raises(ConfigError, match=r"model.task='regression' does not fit TinyDataModule, a 'multiclass' data set"):
+        fit(LitMLP(task="regression"), tiny_dm_factory(), tmp_path)
+
+
+# ---------------------------------------------------------------- augmentation
+
+
+def test_augmentation_changes_training_batches_only(tiny_dm_factory, tmp_path):
+    dm = tiny_dm_factory(augment_translate=0.2, augment_rotate=15)
+    dm.setup()
+    batch = (dm.splits["train"][0][:8], dm.splits["train"][1][:8])
+    assert dm.on_after_batch_transfer(batch, 0) is batch  # no trainer: not training
+    seen = {}
+
+    class Spy(LitMLP):
+        def training_step(self, batch, batch_idx):
+            seen.setdefault("train", batch[0])
+            return super().training_step(batch, batch_idx)
+
+        def validation_step(self, batch, batch_idx):
+            seen.setdefault("val", batch[0])
+            return super().validation_step(batch, batch_idx)
+
+    fit(Spy(hidden_dims=[8]), dm, tmp_path, max_steps=1, num_sanity_val_steps=0, limit_val_batches=1, val_check_interval=1)
+    assert torch.equal(seen["val"], dm.splits["val"][0][: len(seen["val"])])
+    first_train = dm.train_dataloader()
+    assert not any(torch.equal(seen["train"], x) for x, _ in first_train)
+
+
+def test_translation_moves_the_image_and_flip_mirrors_it():
+    image = torch.zeros(1, 1, 28, 28)
+    image[..., 10:18, 4:8] = 1.0
+    torch.manual_seed(0)
+    shifted = BatchAugment(translate=0.25)(image.repeat(64, 1, 1, 1))
+    columns = torch.arange(28.0)
+    centre = (shifted.sum(2).squeeze(1) * columns).sum(1) / shifted.sum((1, 2, 3))
+    assert centre.std() > 1.0 and shifted.sum((1, 2, 3)).min() > 0
+    flipped = BatchAugment(hflip=True)(image.repeat(64, 1, 1, 1))
+    mirrored = flipped[:, 0, 10, 20:24].sum(1) == 4
+    assert 10 < mirrored.sum() < 54 and torch.equal(flipped[mirrored][0], image[0].flip(-1))

@@ -23,9 +23,16 @@ def print_config(capsys, *args: str) -> dict:
 
 @pytest.mark.parametrize("config", CONFIGS)
 def test_print_config_succeeds_for_every_config(config, capsys, monkeypatch):
+    """Full configs parse alone; fragments (no `data:`) compose onto configs/mnist.yaml and take effect."""
     monkeypatch.chdir(ROOT)
-    printed = print_config(capsys, "--config", config)
+    fragment = yaml.safe_load((ROOT / config).read_text())
+    base = [] if "class_path" in fragment.get("data", {}) else ["--config", "configs/mnist.yaml"]
+    printed = print_config(capsys, *base, "--config", config)
     assert printed["data"]["class_path"].startswith("mlplab.data.")
+    for key in ("optimizer", "lr_scheduler"):
+        if base and key in fragment.get("model", {}):
+            assert printed["model"][key]["class_path"] == fragment["model"][key]["class_path"]
+            assert printed["model"][key]["init_args"] | fragment["model"][key]["init_args"] == printed["model"][key]["init_args"]
 
 
 def test_defaults_callbacks_logger_and_seed(capsys, monkeypatch):

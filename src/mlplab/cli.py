@@ -23,7 +23,7 @@ from lightning.pytorch.callbacks import Callback, EarlyStopping, LearningRateMon
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.loggers import TensorBoardLogger
 
-from mlplab.callbacks import TrainBatchImageGrid
+from mlplab.callbacks import LayerGradientNorms, TrainBatchImageGrid
 from mlplab.data.datamodules import DATAMODULES, InMemoryDataModule
 from mlplab.data.sources import ensure_dataset
 from mlplab.errors import MLPLabError
@@ -42,8 +42,10 @@ OPTIONAL_CALLBACKS: dict[str, tuple[type[Callback], dict[str, Any]]] = {
         {"monitor": "val/acc", "mode": "max", "save_last": True, "filename": "epoch{epoch:03d}-val_acc{val/acc:.4f}", "auto_insert_metric_name": False},
     ),
     "early_stopping": (EarlyStopping, {"monitor": "val/loss", "mode": "min", "patience": 5}),
-    "lr_monitor": (LearningRateMonitor, {"logging_interval": "epoch"}),
+    "lr_monitor": (LearningRateMonitor, {"logging_interval": None}),
 }
+# off unless a config switches them on (`gradient_norms: {class_path: mlplab.callbacks.LayerGradientNorms}`)
+OFF_BY_DEFAULT_CALLBACKS: dict[str, type[Callback]] = {"gradient_norms": LayerGradientNorms}
 
 
 class MLPLabCLI(LightningCLI):
@@ -71,6 +73,8 @@ class MLPLabCLI(LightningCLI):
         for key, (callback_class, init_args) in OPTIONAL_CALLBACKS.items():
             parser.add_lightning_class_args(callback_class, key, subclass_mode=True, required=False)
             parser.set_defaults({key: _class_default(callback_class, **init_args)})
+        for key, callback_class in OFF_BY_DEFAULT_CALLBACKS.items():
+            parser.add_lightning_class_args(callback_class, key, subclass_mode=True, required=False)
         parser.add_argument("--test_after_fit", type=bool, default=True, help="After fit, test the best checkpoint and print the `mlplab:` line.")
 
     def _instantiate_trainer(self, config: dict[str, Any], callbacks: list[Callback]) -> Trainer:
@@ -97,7 +101,8 @@ class MLPLabCLI(LightningCLI):
         if self.trainer.global_rank != 0:
             return
         metrics = self.trainer.callback_metrics
-        values = " ".join(f"{key}={float(metrics[key]):.4f}" for key in ("test/acc", "test/loss") if key in metrics)
+        keys = [k for k in ("test/acc", "test/loss") if k in metrics] + sorted(k for k in metrics if k.startswith("test/") and k not in ("test/acc", "test/loss"))
+        values = " ".join(f"{key}={float(metrics[key]):.4f}" for key in keys)
         print(f"mlplab: {values} ckpt={ckpt}", flush=True)
 
 

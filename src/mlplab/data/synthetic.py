@@ -10,7 +10,7 @@ Both default to full-batch training (``batch_size: null``) and no pre-processing
 
 from __future__ import annotations
 
-from typing import ClassVar
+from typing import ClassVar, Literal
 
 import numpy as np
 import torch
@@ -28,6 +28,7 @@ class SyntheticRegressionDataModule(InMemoryDataModule):
         batch_size: training batch size; ``None`` (default) = the whole training split.
         seed: the training split is drawn from ``seed``, validation from ``seed + 1``, test from ``seed + 2``.
         noise: standard deviation of the Gaussian noise on ``y``.
+        test_split: the split ``test``/``predict`` use (``train`` to measure the training error).
     """
 
     task: ClassVar[str] = "regression"
@@ -35,7 +36,14 @@ class SyntheticRegressionDataModule(InMemoryDataModule):
     input_shape: ClassVar[tuple[int, ...]] = (1,)
     default_noise: ClassVar[float]
 
-    def __init__(self, num_samples: int, batch_size: int | None = None, seed: int = 0, noise: float | None = None) -> None:
+    def __init__(
+        self,
+        num_samples: int,
+        batch_size: int | None = None,
+        seed: int = 0,
+        noise: float | None = None,
+        test_split: Literal["train", "val", "test"] = "test",
+    ) -> None:
         super().__init__()
         if num_samples <= 0 or (batch_size is not None and batch_size <= 0):
             raise ConfigError(f"data.num_samples={num_samples} and data.batch_size={batch_size} must be positive (batch_size may be null).")
@@ -56,8 +64,15 @@ class NoisyLineDataModule(SyntheticRegressionDataModule):
 
     default_noise = 0.3
 
-    def __init__(self, num_samples: int = 20, batch_size: int | None = None, seed: int = 0, noise: float | None = None) -> None:
-        super().__init__(num_samples, batch_size, seed, noise)
+    def __init__(
+        self,
+        num_samples: int = 20,
+        batch_size: int | None = None,
+        seed: int = 0,
+        noise: float | None = None,
+        test_split: Literal["train", "val", "test"] = "test",
+    ) -> None:
+        super().__init__(num_samples, batch_size, seed, noise, test_split)
 
     def sample(self, n: int, seed: int) -> tuple[Tensor, Tensor]:
         x = torch.linspace(-1, 1, n).unsqueeze(1)
@@ -69,8 +84,15 @@ class LinearRegressionDataModule(SyntheticRegressionDataModule):
 
     default_noise = 0.5
 
-    def __init__(self, num_samples: int = 100, batch_size: int | None = None, seed: int = 0, noise: float | None = None) -> None:
-        super().__init__(num_samples, batch_size, seed, noise)
+    def __init__(
+        self,
+        num_samples: int = 100,
+        batch_size: int | None = None,
+        seed: int = 0,
+        noise: float | None = None,
+        test_split: Literal["train", "val", "test"] = "test",
+    ) -> None:
+        super().__init__(num_samples, batch_size, seed, noise, test_split)
 
     def sample(self, n: int, seed: int) -> tuple[Tensor, Tensor]:
         rng = np.random.RandomState(seed)

@@ -1,0 +1,163 @@
+"""Seconds per epoch: the seeds' DataLoader pipeline vs a hand-written loop vs `mlplab fit`.
+
+One epoch = one pass over the 55k training split (batch 256 for seed 000's model) plus one
+accuracy pass over the 5k validation split, for all three:
+
+(a) seed pipeline: torchvision ``FashionMNIST``/``MNIST`` + ``ToTensor`` + ``DataLoader`` + plain loop;
+(b) the floor: a hand-written eager loop over in-memory tensors (randperm + slicing);
+(c) mlplab: ``LitMLP`` + the DataModule under a Trainer built by the ``mlplab`` CLI, with its
+    default callbacks (checkpointing, early stopping, LR monitor, image grid), TensorBoard
+    logging, torchmetrics metrics and the progress bar.
+
+The three run alternately, ``--repeats`` times, in this one process; the median seconds per
+epoch (the first epoch of each run is a warm-up and not counted) and peak RSS are printed, with
+the ratios c/b and a/c. Usage::
+
+    python benchmarks/throughput.py --repeats 3 --epochs 3
+"""
+
+from __future__ import annotations
+
+import argparse
+import resource
+import statistics
+import tempfile
+import time
+from collections.abc import Callable
+
+import torch
+import torchvision
+from lightning.pytorch import Callback
+from torch import nn
+from torch.utils.data import DataLoader, Subset
+
+from mlplab.cli import MLPLabCLI
+from mlplab.data import DATAMODULES
+
+MODELS = {
+    # name: (config, data set, batch size, hidden dims, dropout, optimizer, lr)
+    "seed000 784-256-10 SGD": ("configs/seeds/d2l_fashion_mlp.yaml", "fashion_mnist", 256, [256], 0.0, torch.optim.SGD, 0.1),
+    "default MNIST 784-512-256-10 Adam": ("configs/mnist.yaml", "mnist", 128, [512, 256], 0.2, torch.optim.Adam, 1e-3),
+}
+
+
+def plain_model(hidden: list[int], dropout: float) -> nn.Module:
+    layers: list[nn.Module] = [nn.Flatten()]
+    width = 784
+    for h in hidden:
+        layers += [nn.Linear(width, h), nn.ReLU()] + ([nn.Dropout(dropout)] if dropout else [])
+        width = h
+    return nn.Sequential(*layers, nn.Linear(width, 10))
+
+
+class EpochTimer(Callback):
+    """Wall time of each epoch, from one train-epoch start to the next (validation and checkpointing included)."""
+
+    def __init__(self) -> None:
+        self.starts: list[float] = []
+
+    def on_train_epoch_start(self, trainer, pl_module) -> None:  # noqa: ANN001
+        self.starts.append(time.perf_counter())
+
+    def on_fit_end(self, trainer, pl_module) -> None:  # noqa: ANN001
+        self.starts.append(time.perf_counter())
+
+    def epoch_seconds(self) -> list[float]:
+        return [b - a for a, b in zip(self.starts, self.starts[1:], strict=False)]
+
+
+def run_seed_pipeline(dataset: str, batch: int, model: nn.Module, opt: type, lr: float, epochs: int, dm) -> list[float]:  # noqa: ANN001
+    cls = torchvision.datasets.FashionMNIST if dataset == "fashion_mnist" else torchvision.datasets.MNIST
+    full = cls(root="data", train=True, transform=torchvision.transforms.ToTensor(), download=False)
+    order = torch.randperm(len(full), generator=torch.Generator().manual_seed(dm.hparams.seed))
+    train, val = Subset(full, order[5000:].tolist()), Subset(full, order[:5000].tolist())
+    train_loader, val_loader = DataLoader(train, batch_size=batch, shuffle=True), DataLoader(val, batch_size=batch)
+    loss_fn = nn.CrossEntropyLoss()
+    optimizer = opt(model.parameters(), lr=lr)
+    times = []
+    for _ in range(epochs):
+        start = time.perf_counter()
+        model.train()
+        for x, y in train_loader:
+            optimizer.zero_grad()
+            loss_fn(model(x), y).backward()
+            optimizer.step()
+        model.eval()
+        with torch.no_grad():
+            correct = sum((model(x).argmax(1) == y).sum().item() for x, y in val_loader)
+        times.append(time.perf_counter() - start)
+    assert 0 <= correct <= 5000
+    return times
+
+
+def run_hand_written(batch: int, model: nn.Module, opt: type, lr: float, epochs: int, dm) -> list[float]:  # noqa: ANN001
+    x_train, y_train = (t.flatten(1) if t.is_floating_point() else t for t in dm.splits["train"])
+    x_val, y_val = dm.splits["val"][0].flatten(1), dm.splits["val"][1]
+    loss_fn = nn.CrossEntropyLoss()
+    optimizer = opt(model.parameters(), lr=lr)
+    times = []
+    for _ in range(epochs):
+        start = time.perf_counter()
+        model.train()
+        order = torch.randperm(len(x_train))
+        for i in range(0, len(order), batch):
+            index = order[i : i + batch]
+            optimizer.zero_grad()
+            loss_fn(model(x_train[index]), y_train[index]).backward()
+            optimizer.step()
+        model.eval()
+        with torch.no_grad():
+            correct = sum((model(x_val[i : i + batch]).argmax(1) == y_val[i : i + batch]).sum().item() for i in range(0, len(x_val), batch))
+        times.append(time.perf_counter() - start)
+    assert 0 <= correct <= 5000
+    return times
+
+
+def run_mlplab(config: str, epochs: int) -> list[float]:
+    timer = EpochTimer()
+    with tempfile.TemporaryDirectory() as logs:
+        cli = MLPLabCLI(
+            args=["fit", "--config", config, f"--trainer.max_epochs={epochs}", f"--trainer.logger.init_args.save_dir={logs}",
+                  "--test_after_fit=false"],
+            run=False,
+        )
+        cli.trainer.callbacks.append(timer)
+        cli.trainer.fit(cli.model, datamodule=cli.datamodule)
+    return timer.epoch_seconds()
+
+
+def peak_rss_mib() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--epochs", type=int, default=3, help="epochs per run; the first is a warm-up")
+    parser.add_argument("--models", nargs="*", default=list(MODELS))
+    args = parser.parse_args()
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, repeats={args.repeats}, epochs/run={args.epochs} (first not counted)")
+    for name in args.models:
+        config, dataset, batch, hidden, dropout, opt, lr = MODELS[name]
+        dm = DATAMODULES[dataset](batch_size=batch, normalize="none")
+        dm.setup()
+        runners: dict[str, Callable[[], list[float]]] = {
+            "a_seed_pipeline": lambda: run_seed_pipeline(dataset, batch, plain_model(hidden, dropout), opt, lr, args.epochs, dm),
+            "b_hand_written": lambda: run_hand_written(batch, plain_model(hidden, dropout), opt, lr, args.epochs, dm),
+            "c_mlplab_fit": lambda: run_mlplab(config, args.epochs),
+        }
+        samples: dict[str, list[float]] = {key: [] for key in runners}
+        for _ in range(args.repeats):
+            for key, runner in runners.items():  # alternate, so drifts in machine load hit all three alike
+                samples[key] += runner()[1:]
+        median = {key: statistics.median(values) for key, values in samples.items()}
+        print(f"\n{name} (batch {batch}, {len(dm.splits['train'][0])} train + {len(dm.splits['val'][0])} val samples/epoch)")
+        for key, value in median.items():
+            spread = f"min {min(samples[key]):.3f} max {max(samples[key]):.3f}"
+            print(f"  {key:16s} {value:7.3f} s/epoch  ({len(samples[key])} epochs, {spread})")
+        print(f"  ratio c/b = {median['c_mlplab_fit'] / median['b_hand_written']:.3f}   ratio a/c = {median['a_seed_pipeline'] / median['c_mlplab_fit']:.2f}")
+    print(f"\npeak RSS of the benchmark process: {peak_rss_mib():.0f} MiB")
+
+
+if __name__ == "__main__":
+    main()

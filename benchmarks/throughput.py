@@ -117,7 +117,7 @@ def run_mlplab(config: str, epochs: int) -> list[float]:
     timer = EpochTimer()
     with tempfile.TemporaryDirectory() as logs:
         cli = MLPLabCLI(
-            args=["fit", "--config", config, f"--trainer.max_epochs={epochs}", f"--trainer.logger.init_args.save_dir={logs}",
+            args=["--config", config, f"--trainer.max_epochs={epochs}", f"--trainer.logger.init_args.save_dir={logs}",
                   "--test_after_fit=false"],
             run=False,
         )

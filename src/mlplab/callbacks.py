@@ -27,7 +27,9 @@ class TrainBatchImageGrid(Callback):
         if self.logged or trainer.global_rank != 0:
             return
         self.logged = True
-        images = batch[0] if isinstance(batch, (tuple, list)) else batch
+        if isinstance(batch, list):  # a group of batches (LitMLP.steps_per_call > 1): show the first
+            batch = batch[0]
+        images = batch[0] if isinstance(batch, tuple) else batch
         tensorboard = next((lg for lg in trainer.loggers if isinstance(lg, TensorBoardLogger)), None)
         if tensorboard is None or images.ndim != 4:
             return

@@ -99,6 +99,13 @@ class LitMLP(LightningModule):
             get ``Trainer.estimated_stepping_batches`` and are stepped every optimizer step.
         lr_scheduler_interval: ``epoch`` or ``step``: when other schedulers step.
         lr_scheduler_monitor: metric that ReduceLROnPlateau watches.
+        steps_per_call: optimizer steps per ``training_step`` call. Lightning's own loop costs
+            about 0.4 ms per call, as much as a small MLP's step; with ``K > 1`` the DataModule
+            serves K consecutive batches per call and this module steps through them under
+            manual optimization: the same batches, updates, scheduler steps and ``global_step``
+            as ``K = 1``, for a K-th of the loop's cost. Loop-level counters (``limit_train_batches``,
+            ``val_check_interval``, ``log_every_n_steps``) then count calls. Trainer gradient clipping
+            or accumulation (automatic optimization only) makes it fall back to one step per call.
     """
 
     def __init__(
@@ -122,8 +129,11 @@ class LitMLP(LightningModule):
         lr_scheduler: LRSchedulerCallable | None = None,
         lr_scheduler_interval: Literal["epoch", "step"] = "epoch",
         lr_scheduler_monitor: str = "val/loss",
+        steps_per_call: int = 1,
     ) -> None:
         super().__init__()
+        if steps_per_call < 1:
+            raise ConfigError(f"model.steps_per_call={steps_per_call} is not allowed; it must be a positive integer.")
         if task not in TASKS:
             raise ConfigError(f"model.task={task!r} is not allowed; choose one of {', '.join(TASKS)}.")
         if l1 < 0 or l2 < 0:
@@ -151,6 +161,18 @@ class LitMLP(LightningModule):
         self.headline_key = f"val/{headline}"
         self.val_best = MaxMetric() if mode == "max" else MinMetric()
         self.epoch_start_step = 0
+        self.scheduler_interval = lr_scheduler_interval
+
+    @property
+    def automatic_optimization(self) -> bool:
+        """False while ``steps_per_call > 1`` runs several steps per call, unless the Trainer needs automatic optimization."""
+        trainer = self._trainer
+        needs_automatic = trainer is not None and (bool(trainer.gradient_clip_val) or trainer.accumulate_grad_batches != 1)
+        return self._automatic_optimization and (self.hparams.steps_per_call == 1 or needs_automatic)
+
+    @automatic_optimization.setter
+    def automatic_optimization(self, value: bool) -> None:
+        self._automatic_optimization = value
 
     def forward(self, x: Tensor) -> Tensor:
         """Outputs (logits, or predictions for regression) for raw inputs ``x``, pre-processing included."""
@@ -168,22 +190,31 @@ class LitMLP(LightningModule):
         fitted = getattr(datamodule, "preprocessor", None)
         if isinstance(fitted, Preprocessor) and not self.preprocessor.is_fitted:
             self.preprocessor.load_state_dict(fitted.state_dict())
+        if stage == "fit" and hasattr(datamodule, "group_train_batches"):
+            datamodule.group_train_batches(1 if self.automatic_optimization else self.hparams.steps_per_call)
 
     def _targets(self, y: Tensor, outputs: Tensor) -> Tensor:
         return y if self.hparams.task == "multiclass" else y.to(outputs.dtype).view_as(outputs)
 
     def _step(self, batch: tuple[Tensor, Tensor], stage: str) -> Tensor:
+        """Loss of one batch; updates the stage's metrics (logged once per epoch, not per step: self.log is costly)."""
         x, y = batch
         outputs = self(x)
         y = self._targets(y, outputs)
         loss = self.criterion(outputs, y)
-        loss_metric, metrics = getattr(self, f"{stage}_loss"), getattr(self, f"{stage}_metrics")
-        loss_metric.update(loss.detach(), weight=len(y))
+        getattr(self, f"{stage}_loss").update(loss.detach(), weight=len(y))
         metric_input = outputs.detach() if self.hparams.task != "multilabel" else outputs.detach().sigmoid()
-        metrics.update(metric_input, y.int() if self.hparams.task == "multilabel" else y)
-        self.log(f"{stage}/loss", loss_metric, on_step=False, on_epoch=True, prog_bar=stage != "test")
-        self.log_dict(metrics, on_step=False, on_epoch=True, prog_bar=stage == "val")
+        getattr(self, f"{stage}_metrics").update(metric_input, y.int() if self.hparams.task == "multilabel" else y)
         return loss
+
+    def _log_epoch_metrics(self, stage: str) -> dict[str, Tensor]:
+        """Compute (synchronised across processes by torchmetrics), log and reset the stage's metrics."""
+        loss_metric, metrics = getattr(self, f"{stage}_loss"), getattr(self, f"{stage}_metrics")
+        values = {f"{stage}/loss": loss_metric.compute(), **metrics.compute()}
+        loss_metric.reset()
+        metrics.reset()
+        self.log_dict(values, prog_bar=stage != "test")
+        return values
 
     def weight_penalties(self) -> dict[str, Tensor]:
         """``l1 * sum|w|`` and ``l2 * sum w^2`` over weight matrices, for the coefficients that are non-zero."""
@@ -202,12 +233,50 @@ class LitMLP(LightningModule):
     def on_train_epoch_start(self) -> None:
         self.epoch_start_step = self.global_step
 
-    def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
+    def training_loss(self, batch: tuple[Tensor, Tensor]) -> Tensor:
+        """The loss one optimizer step minimises on ``batch``: data loss plus weight penalties."""
         loss = self._step(batch, "train")
         for name, penalty in self.weight_penalties().items():
             self.log(f"train/{name}", penalty, on_step=False, on_epoch=True)
             loss = loss + penalty
         return loss
+
+    def training_step(self, batch: Any, batch_idx: int) -> Tensor | None:
+        """One optimizer step (automatic optimization), or one per batch of a group (``steps_per_call > 1``)."""
+        if self.automatic_optimization:
+            return self.training_loss(batch)
+        optimizer = self.optimizers()
+        for micro_batch in batch if isinstance(batch, list) else [batch]:
+            optimizer.step(closure=functools.partial(self._closure, optimizer, micro_batch))
+            self._step_schedulers("step")
+        return None
+
+    def _closure(self, optimizer: Any, batch: tuple[Tensor, Tensor]) -> Tensor:
+        # what Lightning's automatic optimization does per step: zero_grad, forward, backward
+        optimizer.zero_grad()
+        loss = self.training_loss(batch)
+        self.manual_backward(loss)
+        return loss
+
+    def _step_schedulers(self, interval: str) -> None:
+        """Step the scheduler if it runs per ``interval``, as Lightning does under automatic optimization.
+
+        (Under manual optimization Lightning keeps no interval or monitor: this module remembers them.)
+        """
+        scheduler = self.lr_schedulers()
+        if scheduler is None or self.scheduler_interval != interval:
+            return
+        if isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
+            monitor = self.hparams.lr_scheduler_monitor
+            value = self.trainer.callback_metrics.get(monitor)
+            if value is None:
+                raise ConfigError(
+                    f"model.lr_scheduler_monitor={monitor!r} was never logged; logged metrics: "
+                    f"{', '.join(sorted(self.trainer.callback_metrics)) or 'none yet'}."
+                )
+            scheduler.step(value)
+        else:
+            scheduler.step()
 
     def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
         """Log the global L2 norm of the gradients (before any clipping) on logging steps."""
@@ -217,20 +286,27 @@ class LitMLP(LightningModule):
                 self.log("train/grad_norm", torch.nn.utils.get_total_norm(grads), on_step=True, on_epoch=False)
 
     def on_train_epoch_end(self) -> None:
+        self._log_epoch_metrics("train")
         self.log("train/optimizer_steps_per_epoch", float(self.global_step - self.epoch_start_step))
         self.log("train/optimizer_steps", float(self.global_step))
+        if not self.automatic_optimization:
+            self._step_schedulers("epoch")
 
     def validation_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
         self._step(batch, "val")
 
     def on_validation_epoch_end(self) -> None:
-        self.val_best.update(self.val_metrics[self.headline_key].compute())
+        values = self._log_epoch_metrics("val")
+        self.val_best.update(values[self.headline_key])
         best = self.val_best.compute()
         self.log(f"{self.headline_key}_best", best, sync_dist=True)
         self.log("hp_metric", best, sync_dist=True)
 
     def test_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
         self._step(batch, "test")
+
+    def on_test_epoch_end(self) -> None:
+        self._log_epoch_metrics("test")
 
     def predict_step(self, batch: Tensor | Sequence[Tensor], batch_idx: int) -> Tensor:
         """Class probabilities (multiclass), label probabilities (multilabel) or predictions (regression)."""
@@ -246,16 +322,29 @@ class LitMLP(LightningModule):
         no_decay = [p for p in self.parameters() if p.ndim <= 1]
         return [{"params": decay}, {"params": no_decay, "weight_decay": 0.0}]
 
+    def total_optimizer_steps(self) -> int:
+        """Optimizer steps the whole fit will take (Lightning's estimate counts calls, not steps, when grouped)."""
+        calls = self.trainer.estimated_stepping_batches  # also makes the Trainer load the train loader
+        loader = self.trainer.train_dataloader
+        if self.automatic_optimization or not hasattr(loader, "num_batches"):
+            return int(calls)
+        per_epoch = min(self.trainer.num_training_batches * self.hparams.steps_per_call, loader.num_batches())
+        total = per_epoch * max(1, self.trainer.max_epochs or 1)
+        return total if self.trainer.max_steps < 0 else min(total, self.trainer.max_steps)
+
     def configure_optimizers(self) -> Any:
         optimizer = self.optimizer_factory(self.parameter_groups())
+        self.scheduler_interval = self.hparams.lr_scheduler_interval
         if self.lr_scheduler_factory is None:
             return optimizer
-        interval, extra = self.hparams.lr_scheduler_interval, {}
+        extra = {}
         target = _callable_target(self.lr_scheduler_factory)
         if target and "total_steps" in inspect.signature(target[0]).parameters and target[1].get("total_steps") is None:
-            extra, interval = {"total_steps": int(self.trainer.estimated_stepping_batches)}, "step"
+            extra, self.scheduler_interval = {"total_steps": self.total_optimizer_steps()}, "step"
         scheduler = self.lr_scheduler_factory(optimizer, **extra)
+        if not self.automatic_optimization:  # Lightning ignores interval/monitor here; _step_schedulers applies them
+            return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler}}
         return {
             "optimizer": optimizer,
-            "lr_scheduler": {"scheduler": scheduler, "interval": interval, "monitor": self.hparams.lr_scheduler_monitor},
+            "lr_scheduler": {"scheduler": scheduler, "interval": self.scheduler_interval, "monitor": self.hparams.lr_scheduler_monitor},
         }

@@ -10,7 +10,7 @@ fitted on the training split only and exposed as :attr:`IDXDataModule.preprocess
 from __future__ import annotations
 
 import os
-from typing import ClassVar, Literal
+from typing import Any, ClassVar, Literal
 
 import torch
 from lightning.pytorch import LightningDataModule
@@ -43,6 +43,14 @@ class InMemoryDataModule(LightningDataModule):
         super().__init__()
         self.splits: dict[str, tuple[Tensor, Tensor]] = {}
         self.preprocessor: Preprocessor | None = None
+        self.train_group = 1
+
+    def group_train_batches(self, group: int) -> None:
+        """Serve ``group`` consecutive training batches per iteration (a list), for several optimizer steps per call.
+
+        Only the in-memory loader groups (``num_workers=0``); a worker-process DataLoader ignores it.
+        """
+        self.train_group = group
 
     @property
     def num_classes(self) -> int:
@@ -105,7 +113,8 @@ class InMemoryDataModule(LightningDataModule):
                 generator=torch.Generator().manual_seed(self.hparams.seed),
             )
         rank, world_size = (self.trainer.global_rank, self.trainer.world_size) if self.trainer else (0, 1)
-        return TensorBatchLoader((x, y), batch_size, shuffle=train, seed=self.hparams.seed, rank=rank, world_size=world_size)
+        group = self.train_group if train else 1
+        return TensorBatchLoader((x, y), batch_size, shuffle=train, seed=self.hparams.seed, rank=rank, world_size=world_size, group=group)
 
     def train_dataloader(self) -> TensorBatchLoader | DataLoader:
         return self._loader("train", train=True)
@@ -235,12 +244,14 @@ class IDXDataModule(InMemoryDataModule):
             "test": self.load_split(train=False),
         }
 
-    def on_after_batch_transfer(self, batch: tuple[Tensor, Tensor], dataloader_idx: int) -> tuple[Tensor, Tensor]:
-        """Augment training batches only, on the device they were sent to."""
-        if self.augment.active and self.trainer is not None and self.trainer.training:
-            images, targets = batch
-            return self.augment(images), targets
-        return batch
+    def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
+        """Augment training batches only (a batch, or a group of them), on the device they were sent to."""
+        if not (self.augment.active and self.trainer is not None and self.trainer.training):
+            return batch
+        if isinstance(batch, list):
+            return [(self.augment(images), targets) for images, targets in batch]
+        images, targets = batch
+        return self.augment(images), targets
 
 class MNISTDataModule(IDXDataModule):
     """MNIST handwritten digits: 60k training (minus ``val_size`` for validation) and 10k test images."""

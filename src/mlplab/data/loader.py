@@ -13,6 +13,7 @@ does (each rank a distinct, equally long part of every epoch, reshuffled per epo
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Iterator
 
@@ -67,7 +68,10 @@ class ShardedPermutation:
 class TensorBatchLoader:
     """Iterate over ``tensors`` (equal first dimension) in batches of ``batch_size``.
 
-    Yields tuples of tensors (e.g. ``(images, labels)``). Ordered loaders yield views (no copy).
+    Yields tuples of tensors (e.g. ``(images, labels)``); ordered loaders yield views (no copy).
+    With ``group > 1`` it yields lists of up to ``group`` consecutive such batches instead (the
+    same batches in the same order), so a LightningModule can take several optimizer steps per
+    ``training_step`` call (see ``LitMLP.steps_per_call``); ``len()`` then counts groups.
     """
 
     def __init__(
@@ -79,23 +83,36 @@ class TensorBatchLoader:
         seed: int = 0,
         rank: int = 0,
         world_size: int = 1,
+        group: int = 1,
     ) -> None:
         sizes = {len(t) for t in tensors}
         if len(sizes) != 1:
             raise ValueError(f"all tensors need the same first dimension, got {sorted(sizes)}")
-        if batch_size <= 0:
-            raise ValueError(f"batch_size must be positive, got {batch_size}")
-        self.tensors, self.batch_size, self.drop_last = tensors, batch_size, drop_last
+        if batch_size <= 0 or group <= 0:
+            raise ValueError(f"batch_size and group must be positive, got {batch_size} and {group}")
+        self.tensors, self.batch_size, self.drop_last, self.group = tensors, batch_size, drop_last, group
         self.sampler = ShardedPermutation(sizes.pop(), shuffle, seed, rank, world_size)
         # Lightning inspects DataLoader-shaped objects through both attributes
         self.batch_sampler = None
 
-    def __len__(self) -> int:
+    def num_batches(self) -> int:
         n = len(self.sampler)
         return n // self.batch_size if self.drop_last else math.ceil(n / self.batch_size)
 
-    def __iter__(self) -> Iterator[tuple[Tensor, ...]]:
-        stop = len(self) * self.batch_size
+    def __len__(self) -> int:
+        return math.ceil(self.num_batches() / self.group)
+
+    def __iter__(self) -> Iterator[tuple[Tensor, ...] | list[tuple[Tensor, ...]]]:
+        if self.group == 1:
+            yield from self.batches()
+            return
+        batches = self.batches()
+        while chunk := list(itertools.islice(batches, self.group)):
+            yield chunk
+
+    def batches(self) -> Iterator[tuple[Tensor, ...]]:
+        """The individual batches of one epoch."""
+        stop = self.num_batches() * self.batch_size
         if self.sampler.shuffle:
             order = self.sampler.permutation().to(self.tensors[0].device)
             for start in range(0, min(stop, len(order)), self.batch_size):

@@ -1,0 +1,69 @@
+"""Several optimizer steps per training_step call must change nothing but speed."""
+
+import functools
+
+import pytest
+import torch
+from lightning.pytorch import Trainer, seed_everything
+
+from mlplab import LitMLP
+
+CASES = {
+    "adam+dropout+l1": {"optimizer": functools.partial(torch.optim.Adam, lr=3e-3), "dropout": 0.3, "l1": 1e-4},
+    "sgd+steplr(epoch)": {
+        "optimizer": functools.partial(torch.optim.SGD, lr=0.1, momentum=0.9),
+        "lr_scheduler": functools.partial(torch.optim.lr_scheduler.StepLR, step_size=1, gamma=0.5),
+    },
+    "sgd+onecycle(step)": {
+        "optimizer": functools.partial(torch.optim.SGD, lr=0.1),
+        "lr_scheduler": functools.partial(torch.optim.lr_scheduler.OneCycleLR, max_lr=0.5),
+    },
+    "sgd+plateau": {
+        "optimizer": functools.partial(torch.optim.SGD, lr=0.1),
+        "lr_scheduler": functools.partial(torch.optim.lr_scheduler.ReduceLROnPlateau, patience=0, threshold=10.0),
+    },
+    "lbfgs": {"optimizer": functools.partial(torch.optim.LBFGS, lr=0.5, max_iter=3)},
+}
+
+
+def train(tiny_dm_factory, tmp_path, steps_per_call, epochs=3, trainer_kwargs=None, **kwargs):
+    seed_everything(7)
+    model = LitMLP(hidden_dims=[32, 16], steps_per_call=steps_per_call, **kwargs)
+    trainer = Trainer(
+        max_epochs=epochs, deterministic=True, logger=False, enable_progress_bar=False, enable_model_summary=False,
+        enable_checkpointing=False, default_root_dir=tmp_path / str(steps_per_call), **(trainer_kwargs or {}),
+    )
+    trainer.fit(model, datamodule=tiny_dm_factory(batch_size=30))
+    return model, trainer
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_same_weights_steps_and_metrics_as_one_step_per_call(tiny_dm_factory, tmp_path, case):
+    one, trainer_one = train(tiny_dm_factory, tmp_path, 1, **CASES[case])
+    four, trainer_four = train(tiny_dm_factory, tmp_path, 4, **CASES[case])
+    assert one.automatic_optimization and not four.automatic_optimization
+    assert trainer_one.global_step == trainer_four.global_step == 3 * 7  # 200 samples / batch 30 = 7 steps per epoch
+    for (name, a), (_, b) in zip(one.state_dict().items(), four.state_dict().items(), strict=True):
+        assert torch.equal(a, b), name
+    for key in ("train/loss", "train/acc", "val/loss", "val/acc", "val/acc_best"):
+        assert torch.equal(trainer_one.callback_metrics[key], trainer_four.callback_metrics[key]), key
+    lrs = [trainer.optimizers[0].param_groups[0]["lr"] for trainer in (trainer_one, trainer_four)]
+    assert lrs[0] == lrs[1]
+
+
+def test_grouped_loader_serves_the_same_batches(tiny_dm_factory):
+    dm = tiny_dm_factory(batch_size=30)
+    dm.setup()
+    single = list(dm.train_dataloader())
+    dm.group_train_batches(4)
+    grouped = dm.train_dataloader()
+    groups = list(grouped)
+    assert len(grouped) == 2 and [len(g) for g in groups] == [4, 3]
+    flat = [batch for group in groups for batch in group]
+    assert all(torch.equal(a[1], b[1]) for a, b in zip(single, flat, strict=True))
+
+
+def test_trainer_gradient_clipping_falls_back_to_one_step_per_call(tiny_dm_factory, tmp_path):
+    model, trainer = train(tiny_dm_factory, tmp_path, 4, epochs=1, trainer_kwargs={"gradient_clip_val": 0.5})
+    assert model.automatic_optimization and trainer.global_step == 7
+    assert len(trainer.train_dataloader) == 7  # not grouped

@@ -20,7 +20,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from lightning.pytorch import Trainer
-from lightning.pytorch.callbacks import Callback, EarlyStopping, LearningRateMonitor, ModelCheckpoint
+from lightning.pytorch.callbacks import Callback, EarlyStopping, LearningRateMonitor, ModelCheckpoint, ProgressBar, TQDMProgressBar
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.loggers import TensorBoardLogger
 
@@ -55,7 +55,8 @@ class MLPLabCLI(LightningCLI):
     def __init__(self, args: Sequence[str] | None = None, run: bool = True, **kwargs: Any) -> None:
         kwargs.setdefault("trainer_defaults", {
             "logger": _class_default(TensorBoardLogger, save_dir="logs", name="mlplab"),
-            "callbacks": [TrainBatchImageGrid()],
+            # redraw every 5 calls, not every call: a redraw costs about as much as a small MLP's step
+            "callbacks": [TrainBatchImageGrid(), TQDMProgressBar(refresh_rate=5)],
         })
         super().__init__(
             LitMLP,
@@ -81,8 +82,11 @@ class MLPLabCLI(LightningCLI):
         parser.add_argument("--test_after_fit", type=bool, default=True, help="After fit, test the best checkpoint and print the `mlplab:` line.")
 
     def _instantiate_trainer(self, config: dict[str, Any], callbacks: list[Callback]) -> Trainer:
-        # optional callback groups set to null are simply left out
-        return super()._instantiate_trainer(config, [c for c in callbacks if c is not None])
+        # optional callback groups set to null are left out; so is the default progress bar when it is switched off
+        trainer_callbacks = [c for c in callbacks if c is not None]
+        if config.get("enable_progress_bar") is False:
+            self.trainer_defaults["callbacks"] = [c for c in self.trainer_defaults["callbacks"] if not isinstance(c, ProgressBar)]
+        return super()._instantiate_trainer(config, trainer_callbacks)
 
     def after_fit(self) -> None:
         if not self._get(self.config, "test_after_fit", True):

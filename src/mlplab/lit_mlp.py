@@ -156,12 +156,15 @@ class LitMLP(LightningModule):
         self.train_metrics, self.val_metrics, self.test_metrics = (
             _task_metrics(task, num_classes).clone(prefix=f"{stage}/") for stage in ("train", "val", "test")
         )
-        self.train_loss, self.val_loss, self.test_loss = MeanMetric(), MeanMetric(), MeanMetric()
+        # float64 sums: the mean does not depend on how batches are grouped into updates (see steps_per_call)
+        self.train_loss, self.val_loss, self.test_loss = (MeanMetric().set_dtype(torch.float64) for _ in range(3))
         headline, mode = HEADLINE_METRIC[task]
         self.headline_key = f"val/{headline}"
         self.val_best = MaxMetric() if mode == "max" else MinMetric()
         self.epoch_start_step = 0
         self.scheduler_interval = lr_scheduler_interval
+        self.pending_train_outputs: list[tuple[Tensor, int, Tensor, Tensor]] = []
+        self.steps_since_grad_norm = 0
 
     @property
     def automatic_optimization(self) -> bool:
@@ -197,20 +200,37 @@ class LitMLP(LightningModule):
         return y if self.hparams.task == "multiclass" else y.to(outputs.dtype).view_as(outputs)
 
     def _step(self, batch: tuple[Tensor, Tensor], stage: str) -> Tensor:
-        """Loss of one batch; updates the stage's metrics (logged once per epoch, not per step: self.log is costly)."""
+        """Loss of one batch; its outputs go to the stage's metrics (logged once per epoch: self.log is costly).
+
+        Training outputs are buffered and handed to the metrics once per call (:meth:`_update_train_metrics`):
+        a torchmetrics update costs as much as a small MLP's step, and these metrics are additive over batches.
+        """
         x, y = batch
         outputs = self(x)
         y = self._targets(y, outputs)
         loss = self.criterion(outputs, y)
-        getattr(self, f"{stage}_loss").update(loss.detach(), weight=len(y))
         metric_input = outputs.detach() if self.hparams.task != "multilabel" else outputs.detach().sigmoid()
-        getattr(self, f"{stage}_metrics").update(metric_input, y.int() if self.hparams.task == "multilabel" else y)
+        record = (loss.detach(), len(y), metric_input, y.int() if self.hparams.task == "multilabel" else y)
+        if stage == "train":
+            self.pending_train_outputs.append(record)
+        else:
+            self._update_metrics(stage, [record])
         return loss
+
+    def _update_metrics(self, stage: str, records: list[tuple[Tensor, int, Tensor, Tensor]]) -> None:
+        losses, sizes, outputs, targets = zip(*records, strict=True)
+        getattr(self, f"{stage}_loss").update(torch.stack(losses), weight=torch.tensor(sizes, dtype=torch.float64, device=losses[0].device))
+        getattr(self, f"{stage}_metrics").update(torch.cat(outputs), torch.cat(targets))
+
+    def _update_train_metrics(self) -> None:
+        if self.pending_train_outputs:
+            self._update_metrics("train", self.pending_train_outputs)
+            self.pending_train_outputs = []
 
     def _log_epoch_metrics(self, stage: str) -> dict[str, Tensor]:
         """Compute (synchronised across processes by torchmetrics), log and reset the stage's metrics."""
         loss_metric, metrics = getattr(self, f"{stage}_loss"), getattr(self, f"{stage}_metrics")
-        values = {f"{stage}/loss": loss_metric.compute(), **metrics.compute()}
+        values = {f"{stage}/loss": loss_metric.compute().float(), **metrics.compute()}
         loss_metric.reset()
         metrics.reset()
         self.log_dict(values, prog_bar=stage != "test")
@@ -218,6 +238,8 @@ class LitMLP(LightningModule):
 
     def weight_penalties(self) -> dict[str, Tensor]:
         """``l1 * sum|w|`` and ``l2 * sum w^2`` over weight matrices, for the coefficients that are non-zero."""
+        if not (self.hparams.l1 or self.hparams.l2):
+            return {}
         weights = [p for p in self.net.parameters() if p.ndim > 1]
         penalties = {}
         if self.hparams.l1:
@@ -229,6 +251,7 @@ class LitMLP(LightningModule):
     def on_train_start(self) -> None:
         # the sanity-check validation must not count towards the best value
         self.val_best.reset()
+        self.steps_since_grad_norm = self.trainer.log_every_n_steps - 1  # log at the first step
 
     def on_train_epoch_start(self) -> None:
         self.epoch_start_step = self.global_step
@@ -249,7 +272,11 @@ class LitMLP(LightningModule):
         for micro_batch in batch if isinstance(batch, list) else [batch]:
             optimizer.step(closure=functools.partial(self._closure, optimizer, micro_batch))
             self._step_schedulers("step")
+        self._update_train_metrics()
         return None
+
+    def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
+        self._update_train_metrics()
 
     def _closure(self, optimizer: Any, batch: tuple[Tensor, Tensor]) -> Tensor:
         # what Lightning's automatic optimization does per step: zero_grad, forward, backward
@@ -279,8 +306,10 @@ class LitMLP(LightningModule):
             scheduler.step()
 
     def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
-        """Log the global L2 norm of the gradients (before any clipping) on logging steps."""
-        if self.global_step % self.trainer.log_every_n_steps == 0:
+        """Log the global L2 norm of the gradients (before any clipping) every ``log_every_n_steps`` optimizer steps."""
+        self.steps_since_grad_norm += 1
+        if self.steps_since_grad_norm >= self.trainer.log_every_n_steps:
+            self.steps_since_grad_norm = 0
             grads = [p.grad for p in self.parameters() if p.grad is not None]
             if grads:
                 self.log("train/grad_norm", torch.nn.utils.get_total_norm(grads), on_step=True, on_epoch=False)

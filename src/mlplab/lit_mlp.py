@@ -108,6 +108,8 @@ class LitMLP(LightningModule):
             as ``K = 1``, for a K-th of the loop's cost. Loop-level counters (``limit_train_batches``,
             ``val_check_interval``, ``log_every_n_steps``) then count calls. Trainer gradient clipping
             or accumulation (automatic optimization only) makes it fall back to one step per call.
+        compile: compile the network with ``torch.compile`` when training starts (in place, so
+            checkpoints keep their keys and load into an uncompiled model).
     """
 
     def __init__(
@@ -132,6 +134,7 @@ class LitMLP(LightningModule):
         lr_scheduler_interval: Literal["epoch", "step"] = "epoch",
         lr_scheduler_monitor: str = "val/loss",
         steps_per_call: int = 1,
+        compile: bool = False,
     ) -> None:
         super().__init__()
         if steps_per_call < 1:
@@ -183,6 +186,12 @@ class LitMLP(LightningModule):
     def forward(self, x: Tensor) -> Tensor:
         """Outputs (logits, or predictions for regression) for raw inputs ``x``, pre-processing included."""
         return self.net(self.preprocessor(x))
+
+    def configure_model(self) -> None:
+        """Compile the network if asked (``nn.Module.compile`` works in place: state-dict keys do not change)."""
+        if self.hparams.compile and not getattr(self, "net_compiled", False):
+            self.net.compile()
+            self.net_compiled = True
 
     def setup(self, stage: str) -> None:
         """Check the task fits the data; adopt the DataModule's fitted pre-processing unless already fitted/restored."""

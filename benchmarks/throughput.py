@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import resource
 import statistics
+import sys
 import tempfile
 import time
 from collections.abc import Callable
@@ -138,6 +139,7 @@ def main() -> None:
     parser.add_argument("--models", nargs="*", default=list(MODELS))
     parser.add_argument("--compile", action="store_true", help="also time (d) mlplab fit --model.compile=true")
     args = parser.parse_args()
+    sys.argv = sys.argv[:1]  # the in-process mlplab CLI gets its own arguments, not the benchmark's
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, repeats={args.repeats}, epochs/run={args.epochs} (first not counted)")
     for name in args.models:
         config, dataset, batch, hidden, dropout, opt, lr = MODELS[name]

@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import time
 import traceback
 from collections.abc import Sequence
 from typing import Any
@@ -23,6 +24,7 @@ from lightning.pytorch import Trainer
 from lightning.pytorch.callbacks import Callback, EarlyStopping, LearningRateMonitor, ModelCheckpoint, ProgressBar, TQDMProgressBar
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.loggers import TensorBoardLogger
+from lightning.pytorch.utilities import rank_zero_info
 
 from mlplab.callbacks import LayerGradientNorms, TrainBatchImageGrid
 from mlplab.data.datamodules import DATAMODULES, InMemoryDataModule
@@ -88,7 +90,14 @@ class MLPLabCLI(LightningCLI):
             self.trainer_defaults["callbacks"] = [c for c in self.trainer_defaults["callbacks"] if not isinstance(c, ProgressBar)]
         return super()._instantiate_trainer(config, trainer_callbacks)
 
+    def before_fit(self) -> None:
+        self.fit_started = time.perf_counter()
+
     def after_fit(self) -> None:
+        rank_zero_info(
+            f"mlplab: fit took {time.perf_counter() - self.fit_started:.1f} s "
+            f"({self.trainer.current_epoch} epochs, {self.trainer.global_step} optimizer steps)"
+        )
         if not self._get(self.config, "test_after_fit", True):
             return
         callback = self.trainer.checkpoint_callback

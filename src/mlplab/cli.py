@@ -87,7 +87,8 @@ class MLPLabCLI(LightningCLI):
         # optional callback groups set to null are left out; so is the default progress bar when it is switched off
         trainer_callbacks = [c for c in callbacks if c is not None]
         if config.get("enable_progress_bar") is False:
-            self.trainer_defaults["callbacks"] = [c for c in self.trainer_defaults["callbacks"] if not isinstance(c, ProgressBar)]
+            defaults = self.trainer_defaults.get("callbacks", [])
+            self.trainer_defaults["callbacks"] = [c for c in defaults if not isinstance(c, ProgressBar)]
         return super()._instantiate_trainer(config, trainer_callbacks)
 
     def before_fit(self) -> None:

@@ -136,7 +136,7 @@ class IDXDataModule(InMemoryDataModule):
 
     Args:
         data_dir: root folder; files live in ``<data_dir>/<folder>/raw/`` (torchvision's layout).
-        batch_size: training batch size; evaluation uses the same unless ``eval_batch_size``.
+        batch_size: training batch size (evaluation uses ``eval_batch_size``).
         val_size: samples held out of the official training set for validation.
         num_workers: 0 (default) serves batches straight from in-memory tensors, the fastest way
             for data that fits in memory; > 0 uses a ``torch.utils.data.DataLoader`` with that

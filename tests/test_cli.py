@@ -89,3 +89,21 @@ def test_trainer_callbacks_follow_the_config(monkeypatch):
     assert EarlyStopping not in kinds and LearningRateMonitor not in kinds
     assert not any(isinstance(c, ProgressBar) for c in cli.trainer.callbacks)
     assert cli.model.hparams.steps_per_call == 16 and cli.model.hparams.num_classes == 10
+
+
+@pytest.mark.parametrize(
+    ("option", "expected"),
+    [
+        ("--model.optimizer=Sgdd", ["model.optimizer", "Sgdd", "Allowed: any torch.optim optimizer", "SGD", "LBFGS"]),
+        ("--model.lr_scheduler=StepLRR", ["model.lr_scheduler", "StepLRR", "StepLR", "OneCycleLR", "WarmupCosineLR"]),
+        ("--trainer.max_epochs=abc", ["trainer.max_epochs", "abc"]),
+    ],
+)
+def test_parse_errors_are_one_paragraph_naming_option_and_value(capsys, monkeypatch, option, expected):
+    monkeypatch.chdir(ROOT)
+    with pytest.raises(SystemExit) as exit_info:
+        main(["fit", "--config", "configs/mnist.yaml", option])
+    assert exit_info.value.code == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("mlplab: error: ")
+    assert all(word in lines[0] for word in expected), lines[0]

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import sys
 import time
 import traceback
@@ -65,7 +66,12 @@ class MLPLabCLI(LightningCLI):
             InMemoryDataModule,
             subclass_mode_data=True,
             seed_everything_default=42,
-            parser_kwargs={"description": "Train and evaluate MLPs on MNIST-like data. " + OTHER_COMMANDS},
+            # errors raise ArgumentError instead of printing usage and exiting: main() reports them in one paragraph
+            parser_kwargs={
+                "description": "Train and evaluate MLPs on MNIST-like data. " + OTHER_COMMANDS,
+                "exit_on_error": False,
+                **{subcommand: {"exit_on_error": False} for subcommand in LightningCLI.subcommands()},
+            },
             args=args,
             run=run,
             **kwargs,
@@ -140,6 +146,28 @@ def data_command(argv: Sequence[str]) -> None:
         print(f"mlplab: {source.name} ready in {raw_dir} (4 files, MD5 verified)", flush=True)
 
 
+def _class_names(module: Any, base: type) -> list[str]:
+    return sorted(
+        name for name, value in vars(module).items()
+        if isinstance(value, type) and issubclass(value, base) and value is not base and not name.startswith("_")
+    )
+
+
+def describe_argument_error(err: argparse.ArgumentError) -> str:
+    """jsonargparse's multi-line explanation as one paragraph, with the allowed names for class options."""
+    import torch
+
+    text = " ".join(line.strip().lstrip("- ").strip() for line in str(err).splitlines() if line.strip())
+    match = re.search(r'key "([^"]+)"', text)
+    key = re.sub(r"^(fit|validate|test|predict)\.", "", match.group(1)) if match else ""
+    if key == "model.optimizer":
+        text += f" Allowed: any torch.optim optimizer by name or import path ({', '.join(_class_names(torch.optim, torch.optim.Optimizer))})."
+    elif key == "model.lr_scheduler":
+        schedulers = _class_names(torch.optim.lr_scheduler, torch.optim.lr_scheduler.LRScheduler) + ["ReduceLROnPlateau"]
+        text += f" Allowed: any torch.optim.lr_scheduler class by name or import path ({', '.join(sorted(set(schedulers)))}), or mlplab.schedules.WarmupCosineLR."
+    return text
+
+
 def main(args: Sequence[str] | None = None) -> None:
     """Entry point of the ``mlplab`` console script."""
     argv = list(sys.argv[1:] if args is None else args)
@@ -148,10 +176,11 @@ def main(args: Sequence[str] | None = None) -> None:
             data_command(argv[1:])
         else:
             MLPLabCLI(args=None if args is None else argv)
-    except MLPLabError as err:
+    except (MLPLabError, argparse.ArgumentError) as err:
         if os.environ.get("MLPLAB_DEBUG"):
             traceback.print_exc()
-        print(f"mlplab: error: {err}", file=sys.stderr)
+        message = describe_argument_error(err) if isinstance(err, argparse.ArgumentError) else str(err)
+        print(f"mlplab: error: {message}", file=sys.stderr)
         sys.exit(2)
 
 

@@ -88,3 +88,12 @@ def test_backward_hooks_still_run_when_a_callback_needs_them(tiny_dm_factory, tm
 def test_plain_backward_when_nothing_needs_the_hooks(tiny_dm_factory, tmp_path):
     model, _ = train(tiny_dm_factory, tmp_path, 4, epochs=1)
     assert model.plain_backward
+
+
+def test_bf16_mixed_precision_trains_with_several_steps_per_call(tiny_dm_factory, tmp_path):
+    model, trainer = train(tiny_dm_factory, tmp_path, 4, epochs=2, trainer_kwargs={"precision": "bf16-mixed"},
+                           optimizer=functools.partial(torch.optim.Adam, lr=3e-3))
+    assert not model.automatic_optimization and model.plain_backward  # bf16 autocast needs no gradient scaler
+    assert trainer.global_step == 14 and torch.isfinite(trainer.callback_metrics["train/loss"])
+    assert all(p.dtype == torch.float32 for p in model.parameters())  # mixed precision keeps fp32 weights
+    assert trainer.callback_metrics["val/acc"] > 0.5

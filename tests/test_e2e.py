@@ -63,3 +63,17 @@ def test_reloaded_checkpoint_gives_the_same_test_accuracy_in_a_new_process(short
     result = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
     assert result.stdout.strip().splitlines()[-1] == f"acc={short_run['acc']:.4f}"
+
+
+def test_diverging_run_stops_with_one_paragraph_and_no_checkpoint(real_mnist, tmp_path):
+    command = [
+        MLPLAB, "fit", "--config", "configs/fast/mnist_98.yaml", "--model.optimizer=SGD", "--model.optimizer.lr=1e6",
+        "--model.lr_scheduler=null", "--trainer.max_epochs=1", "--trainer.limit_train_batches=2", "--trainer.enable_progress_bar=false",
+        f"--trainer.logger.init_args.save_dir={tmp_path}", f"--data.data_dir={REAL_DATA_DIR}",
+    ]
+    result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 2
+    last = result.stderr.strip().splitlines()[-1]
+    assert re.fullmatch(r"mlplab: error: training diverged: the loss became (nan|inf) at optimizer step \d+ \(epoch 0\), with learning rate 1e\+06\. .*", last)
+    assert "Traceback" not in result.stderr
+    assert not list(tmp_path.rglob("*.ckpt"))

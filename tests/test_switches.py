@@ -7,12 +7,12 @@ import math
 import pytest
 import torch
 from lightning.pytorch import Trainer
-from lightning.pytorch.callbacks import LearningRateMonitor
+from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger
 
 from mlplab import LitMLP
 from mlplab.data import BatchAugment, LinearRegressionDataModule, MultiLabelMNISTDataModule, NoisyLineDataModule
-from mlplab.errors import ConfigError
+from mlplab.errors import ConfigError, TrainingDivergedError
 from mlplab.schedules import WarmupCosineLR
 from tests.conftest import make_tiny_idx
 
@@ -307,3 +307,21 @@ def test_translation_moves_the_image_and_flip_mirrors_it():
     flipped = BatchAugment(hflip=True)(image.repeat(64, 1, 1, 1))
     mirrored = flipped[:, 0, 10, 20:24].sum(1) == 4
     assert 10 < mirrored.sum() < 54 and torch.equal(flipped[mirrored][0], image[0].flip(-1))
+
+
+@pytest.mark.parametrize("steps_per_call", [1, 4])
+def test_divergence_stops_training_and_keeps_good_checkpoints(tiny_dm_factory, tmp_path, steps_per_call):
+    # lr x 1e12 from epoch 2 on: epochs 0 and 1 train normally and are checkpointed, epoch 2 blows up
+    model = LitMLP(
+        hidden_dims=[16], steps_per_call=steps_per_call, optimizer=functools.partial(torch.optim.SGD, lr=0.1),
+        lr_scheduler=functools.partial(torch.optim.lr_scheduler.MultiStepLR, milestones=[2], gamma=1e12),
+    )
+    checkpoint = ModelCheckpoint(dirpath=tmp_path / "ckpt", monitor="val/acc", mode="max", save_last=True)
+    trainer = Trainer(max_epochs=5, logger=False, enable_progress_bar=False, enable_model_summary=False, callbacks=[checkpoint],
+                      default_root_dir=tmp_path)
+    with pytest.raises(TrainingDivergedError, match=r"training diverged: the loss became (nan|inf) at optimizer step \d+ \(epoch 2\)"):
+        trainer.fit(model, datamodule=tiny_dm_factory(batch_size=40))
+    for path in (checkpoint.best_model_path, tmp_path / "ckpt" / "last.ckpt"):
+        state = torch.load(path, weights_only=True)
+        assert state["epoch"] <= 1
+        assert all(torch.isfinite(v).all() for v in state["state_dict"].values() if v.is_floating_point())

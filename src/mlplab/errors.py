@@ -15,3 +15,7 @@ class ConfigError(MLPLabError, ValueError):
 
 class DataError(MLPLabError, OSError):
     """A data file is missing, unreadable, corrupt or fails its checksum."""
+
+
+class TrainingDivergedError(MLPLabError, ArithmeticError):
+    """The training loss became NaN or infinite; training stopped before saving non-finite weights."""

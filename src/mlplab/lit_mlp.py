@@ -26,7 +26,7 @@ from torchmetrics import MaxMetric, MeanAbsoluteError, MeanMetric, MeanSquaredEr
 from torchmetrics.classification import MulticlassAccuracy, MultilabelAccuracy, MultilabelF1Score
 
 from mlplab.data.preprocessing import Preprocessor
-from mlplab.errors import ConfigError
+from mlplab.errors import ConfigError, TrainingDivergedError
 from mlplab.models.mlp import MLP
 
 Task = Literal["multiclass", "multilabel", "regression"]
@@ -237,9 +237,30 @@ class LitMLP(LightningModule):
         getattr(self, f"{stage}_metrics").update(torch.cat(outputs), torch.cat(targets))
 
     def _update_train_metrics(self) -> None:
-        if self.pending_train_outputs:
-            self._update_metrics("train", self.pending_train_outputs)
-            self.pending_train_outputs = []
+        """Hand this call's training outputs to the metrics, after checking every step's loss is finite."""
+        if not self.pending_train_outputs:
+            return
+        self._check_finite([record[0] for record in self.pending_train_outputs])
+        self._update_metrics("train", self.pending_train_outputs)
+        self.pending_train_outputs = []
+
+    def _check_finite(self, losses: list[Tensor]) -> None:
+        """Stop with the step that diverged, before a checkpoint could store non-finite weights.
+
+        Checked once per call (one host sync), not per step; checkpoints are written after the
+        epoch's last call, so the last good ones stay as they were.
+        """
+        finite = torch.isfinite(torch.stack(losses))
+        if bool(finite.all()):
+            return
+        first_bad = int((~finite).nonzero()[0])
+        step = self.global_step - len(losses) + first_bad + 1
+        lr = self.trainer.optimizers[0].param_groups[0]["lr"]
+        raise TrainingDivergedError(
+            f"training diverged: the loss became {float(losses[first_bad])} at optimizer step {step} (epoch {self.current_epoch}), "
+            f"with learning rate {lr:g}. Training stopped; checkpoints written before this epoch's end are untouched and loadable. "
+            "Lower model.optimizer.lr, add gradient clipping (--trainer.gradient_clip_val) or check the data."
+        )
 
     def _log_epoch_metrics(self, stage: str) -> dict[str, Tensor]:
         """Compute (synchronised across processes by torchmetrics), log and reset the stage's metrics."""

@@ -308,10 +308,10 @@ class LitMLP(LightningModule):
         for micro_batch in batch if isinstance(batch, list) else [batch]:
             optimizer.step(closure=functools.partial(self._closure, optimizer, micro_batch))
             self._step_schedulers("step")
-        self._update_train_metrics()
         return None
 
     def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
+        # once per call in both modes, before validation and checkpointing can see diverged weights
         self._update_train_metrics()
 
     def _closure(self, optimizer: Any, batch: tuple[Tensor, Tensor]) -> Tensor:

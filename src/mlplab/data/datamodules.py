@@ -9,6 +9,7 @@ fitted on the training split only and exposed as :attr:`IDXDataModule.preprocess
 
 from __future__ import annotations
 
+import math
 import os
 from typing import Any, ClassVar, Literal
 
@@ -20,7 +21,7 @@ from torch.utils.data import DataLoader, TensorDataset
 from mlplab.data.augment import BatchAugment
 from mlplab.data.idx import read_idx
 from mlplab.data.loader import TensorBatchLoader
-from mlplab.data.preprocessing import PREPROCESSING, REDUCING, Preprocessor, fit_preprocessor
+from mlplab.data.preprocessing import DEFAULT_WHITEN_EPS, PREPROCESSING, REDUCING, Preprocessor, fit_preprocessor
 from mlplab.data.sources import FASHION_MNIST, MNIST, DatasetSource, ensure_dataset, verified_path
 from mlplab.errors import ConfigError, DataError
 
@@ -60,10 +61,7 @@ class InMemoryDataModule(LightningDataModule):
     @property
     def raw_input_dim(self) -> int:
         """Number of values per sample before pre-processing."""
-        flat = 1
-        for size in self.input_shape:
-            flat *= size
-        return flat
+        return math.prod(self.input_shape)
 
     @property
     def input_dim(self) -> int:
@@ -86,7 +84,7 @@ class InMemoryDataModule(LightningDataModule):
                 f"use at most {train_size} (or null for full-batch gradient descent)."
             )
         self.preprocessor = fit_preprocessor(
-            self.hparams.normalize, splits["train"][0], self.hparams.get("pca_components"), self.hparams.get("whiten_eps", 1e-2)
+            self.hparams.normalize, splits["train"][0], self.hparams.get("pca_components"), self.hparams.get("whiten_eps", DEFAULT_WHITEN_EPS)
         )
         device = self._device()
         self.splits = {name: (x.to(device), y.to(device)) for name, (x, y) in splits.items()}
@@ -168,7 +166,7 @@ class IDXDataModule(InMemoryDataModule):
         seed: int = 42,
         normalize: bool | str = "standardize",
         pca_components: int | None = None,
-        whiten_eps: float = 1e-2,
+        whiten_eps: float = DEFAULT_WHITEN_EPS,
         augment_translate: float = 0.0,
         augment_rotate: float = 0.0,
         augment_scale: float = 0.0,

@@ -116,6 +116,8 @@ def _fit_zca_whiten(x: Tensor, components: int | None, eps: float) -> Preprocess
     return Preprocessor().set_(mean, torch.ones(1), (v / (values[:k] + eps).sqrt()) @ v.T)
 
 
+DEFAULT_WHITEN_EPS = 1e-2
+
 PREPROCESSING: dict[str, Callable[[Tensor, int | None, float], Preprocessor]] = {
     "none": _fit_none,
     "standardize": _fit_standardize,
@@ -128,7 +130,7 @@ PREPROCESSING: dict[str, Callable[[Tensor, int | None, float], Preprocessor]] = 
 REDUCING = ("pca", "pca_whiten")
 
 
-def fit_preprocessor(kind: str, x: Tensor, components: int | None = None, eps: float = 1e-2) -> Preprocessor:
+def fit_preprocessor(kind: str, x: Tensor, components: int | None = None, eps: float = DEFAULT_WHITEN_EPS) -> Preprocessor:
     """Fit the pre-processing named ``kind`` on the training inputs ``x`` (N, ...).
 
     Args:

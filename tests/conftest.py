@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from lightning.pytorch import Trainer
 
 from mlplab.data import IDXDataModule, write_idx
 from mlplab.data.idx import open_maybe_gzip
@@ -43,6 +44,12 @@ def make_tiny_idx(raw_dir: Path, n_train: int = 240, n_test: int = 60, gz: bool 
 
 def tiny_datamodule_class(source: DatasetSource) -> type[IDXDataModule]:
     return type("TinyDataModule", (IDXDataModule,), {"source": source, "classes": tuple("0123456789")})
+
+
+def quiet_trainer(tmp_path: Path, **overrides) -> Trainer:
+    """A Trainer for tests: no logger, progress bar or model summary, files under ``tmp_path``."""
+    settings = {"logger": False, "enable_progress_bar": False, "enable_model_summary": False, "default_root_dir": tmp_path}
+    return Trainer(**{**settings, **overrides})
 
 
 @pytest.fixture

@@ -4,26 +4,23 @@ import functools
 
 import pytest
 import torch
-from lightning.pytorch import Trainer
 
 from mlplab import LitMLP
+from tests.conftest import quiet_trainer
 
 
-def _trainer(tmp_path, **kwargs):
-    defaults = {"default_root_dir": tmp_path, "enable_progress_bar": False, "enable_model_summary": False, "logger": False}
-    return Trainer(**{**defaults, **kwargs})
 
 
 def test_fast_dev_run(tiny_dm_factory, tmp_path):
     model = LitMLP(hidden_dims=[32])
-    _trainer(tmp_path, fast_dev_run=True).fit(model, datamodule=tiny_dm_factory())
+    quiet_trainer(tmp_path, fast_dev_run=True).fit(model, datamodule=tiny_dm_factory())
     assert model.preprocessor.is_fitted
 
 
 def test_learns_the_tiny_task_and_logs_every_metric(tiny_dm_factory, tmp_path):
     dm = tiny_dm_factory(batch_size=20)
     model = LitMLP(hidden_dims=[64], optimizer=functools.partial(torch.optim.Adam, lr=3e-3))
-    trainer = _trainer(tmp_path, max_epochs=8, enable_checkpointing=False)
+    trainer = quiet_trainer(tmp_path, max_epochs=8, enable_checkpointing=False)
     trainer.fit(model, datamodule=dm)
     fit_metrics = dict(trainer.callback_metrics)
     for key in ("train/loss", "train/acc", "val/loss", "val/acc", "val/acc_best", "hp_metric"):
@@ -38,7 +35,7 @@ def test_learns_the_tiny_task_and_logs_every_metric(tiny_dm_factory, tmp_path):
 def test_preprocessor_travels_in_checkpoint(tiny_dm_factory, tmp_path):
     dm = tiny_dm_factory()
     model = LitMLP(hidden_dims=[16])
-    trainer = _trainer(tmp_path, max_epochs=1)
+    trainer = quiet_trainer(tmp_path, max_epochs=1)
     trainer.fit(model, datamodule=dm)
     path = tmp_path / "model.ckpt"
     trainer.save_checkpoint(path)
@@ -58,7 +55,7 @@ def test_reduce_lr_on_plateau_monitors_val_loss(tiny_dm_factory, tmp_path):
         optimizer=functools.partial(torch.optim.SGD, lr=0.1),
         lr_scheduler=functools.partial(torch.optim.lr_scheduler.ReduceLROnPlateau, patience=0, factor=0.5, threshold=10.0),
     )
-    trainer = _trainer(tmp_path, max_epochs=3, enable_checkpointing=False)
+    trainer = quiet_trainer(tmp_path, max_epochs=3, enable_checkpointing=False)
     trainer.fit(model, datamodule=tiny_dm_factory())
     # threshold=10 makes every epoch count as "no improvement": lr halves after each validation
     assert trainer.optimizers[0].param_groups[0]["lr"] == pytest.approx(0.1 * 0.5**3)
@@ -66,7 +63,7 @@ def test_reduce_lr_on_plateau_monitors_val_loss(tiny_dm_factory, tmp_path):
 
 def test_python_built_optimizer_is_stored_as_config_and_rebuilt(tiny_dm_factory, tmp_path):
     model = LitMLP(hidden_dims=[8], optimizer=functools.partial(torch.optim.SGD, lr=0.05, momentum=0.9))
-    trainer = _trainer(tmp_path, max_epochs=1)
+    trainer = quiet_trainer(tmp_path, max_epochs=1)
     trainer.fit(model, datamodule=tiny_dm_factory())
     trainer.save_checkpoint(tmp_path / "sgd.ckpt")
     restored = LitMLP.load_from_checkpoint(tmp_path / "sgd.ckpt", weights_only=True)
@@ -77,7 +74,7 @@ def test_python_built_optimizer_is_stored_as_config_and_rebuilt(tiny_dm_factory,
 
 def test_compiled_training_and_checkpoint_loads_uncompiled(tiny_dm_factory, tmp_path):
     model = LitMLP(hidden_dims=[16], compile=True)
-    trainer = _trainer(tmp_path, max_epochs=1)
+    trainer = quiet_trainer(tmp_path, max_epochs=1)
     trainer.fit(model, datamodule=tiny_dm_factory())
     assert model.net_compiled
     trainer.save_checkpoint(tmp_path / "c.ckpt")

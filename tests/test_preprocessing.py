@@ -2,11 +2,11 @@
 
 import pytest
 import torch
-from lightning.pytorch import Trainer
 
 from mlplab import LitMLP
 from mlplab.data.preprocessing import fit_preprocessor, pca_spectrum
 from mlplab.errors import ConfigError
+from tests.conftest import quiet_trainer
 
 
 @pytest.fixture(scope="module")
@@ -67,7 +67,7 @@ def test_datamodule_pca_changes_input_dim_and_validates(tiny_dm_factory):
 def test_fitted_transform_is_restored_from_checkpoint(tiny_dm_factory, tmp_path, kind):
     dm = tiny_dm_factory(normalize=kind, pca_components=16 if kind == "pca_whiten" else None)
     model = LitMLP(input_dim=dm.input_dim, hidden_dims=[8])
-    trainer = Trainer(max_epochs=1, logger=False, enable_progress_bar=False, enable_model_summary=False, default_root_dir=tmp_path)
+    trainer = quiet_trainer(tmp_path, max_epochs=1)
     trainer.fit(model, datamodule=dm)
     trainer.save_checkpoint(tmp_path / "m.ckpt")
     restored = LitMLP.load_from_checkpoint(tmp_path / "m.ckpt", weights_only=True).eval()

@@ -4,9 +4,10 @@ import functools
 
 import pytest
 import torch
-from lightning.pytorch import Callback, Trainer, seed_everything
+from lightning.pytorch import Callback, seed_everything
 
 from mlplab import LitMLP
+from tests.conftest import quiet_trainer
 
 CASES = {
     "adam+dropout+l1": {"optimizer": functools.partial(torch.optim.Adam, lr=3e-3), "dropout": 0.3, "l1": 1e-4},
@@ -29,9 +30,8 @@ CASES = {
 def train(tiny_dm_factory, tmp_path, steps_per_call, epochs=3, trainer_kwargs=None, **kwargs):
     seed_everything(7)
     model = LitMLP(hidden_dims=[32, 16], steps_per_call=steps_per_call, **kwargs)
-    trainer = Trainer(
-        max_epochs=epochs, deterministic=True, logger=False, enable_progress_bar=False, enable_model_summary=False,
-        enable_checkpointing=False, default_root_dir=tmp_path / str(steps_per_call), **(trainer_kwargs or {}),
+    trainer = quiet_trainer(
+        tmp_path / str(steps_per_call), max_epochs=epochs, deterministic=True, enable_checkpointing=False, **(trainer_kwargs or {})
     )
     trainer.fit(model, datamodule=tiny_dm_factory(batch_size=30))
     return model, trainer
@@ -79,8 +79,7 @@ def test_backward_hooks_still_run_when_a_callback_needs_them(tiny_dm_factory, tm
             calls.append(trainer.global_step)
 
     model = LitMLP(hidden_dims=[8], steps_per_call=4)
-    trainer = Trainer(max_epochs=1, logger=False, enable_progress_bar=False, enable_checkpointing=False, callbacks=[CountsBackward()],
-                      default_root_dir=tmp_path)
+    trainer = quiet_trainer(tmp_path, max_epochs=1, enable_checkpointing=False, callbacks=[CountsBackward()])
     trainer.fit(model, datamodule=tiny_dm_factory(batch_size=30))
     assert not model.plain_backward and len(calls) == 7
 

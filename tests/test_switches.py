@@ -6,7 +6,6 @@ import math
 
 import pytest
 import torch
-from lightning.pytorch import Trainer
 from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger
 
@@ -14,13 +13,11 @@ from mlplab import LitMLP
 from mlplab.data import BatchAugment, LinearRegressionDataModule, MultiLabelMNISTDataModule, NoisyLineDataModule
 from mlplab.errors import ConfigError, TrainingDivergedError
 from mlplab.schedules import WarmupCosineLR
-from tests.conftest import make_tiny_idx
+from tests.conftest import make_tiny_idx, quiet_trainer
 
 
 def fit(model, dm, tmp_path, epochs=1, **trainer_kwargs):
-    kwargs = {"max_epochs": epochs, "logger": False, "enable_progress_bar": False, "enable_model_summary": False,
-              "enable_checkpointing": False, "default_root_dir": tmp_path, **trainer_kwargs}
-    trainer = Trainer(**kwargs)
+    trainer = quiet_trainer(tmp_path, **{"max_epochs": epochs, "enable_checkpointing": False, **trainer_kwargs})
     trainer.fit(model, datamodule=dm)
     return trainer
 
@@ -317,8 +314,7 @@ def test_divergence_stops_training_and_keeps_good_checkpoints(tiny_dm_factory, t
         lr_scheduler=functools.partial(torch.optim.lr_scheduler.MultiStepLR, milestones=[2], gamma=1e12),
     )
     checkpoint = ModelCheckpoint(dirpath=tmp_path / "ckpt", monitor="val/acc", mode="max", save_last=True)
-    trainer = Trainer(max_epochs=5, logger=False, enable_progress_bar=False, enable_model_summary=False, callbacks=[checkpoint],
-                      default_root_dir=tmp_path)
+    trainer = quiet_trainer(tmp_path, max_epochs=5, callbacks=[checkpoint])
     with pytest.raises(TrainingDivergedError, match=r"training diverged: the loss became (nan|inf) at optimizer step \d+ \(epoch 2\)"):
         trainer.fit(model, datamodule=tiny_dm_factory(batch_size=40))
     for path in (checkpoint.best_model_path, tmp_path / "ckpt" / "last.ckpt"):

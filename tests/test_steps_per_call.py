@@ -84,15 +84,30 @@ def test_backward_hooks_still_run_when_a_callback_needs_them(tiny_dm_factory, tm
     assert not model.plain_backward and len(calls) == 7
 
 
-def test_plain_backward_when_nothing_needs_the_hooks(tiny_dm_factory, tmp_path):
-    model, _ = train(tiny_dm_factory, tmp_path, 4, epochs=1)
-    assert model.plain_backward
+def test_optimizer_step_hooks_still_run_when_a_callback_needs_them(tiny_dm_factory, tmp_path):
+    norms = []
+
+    class SeesGradients(Callback):
+        def on_before_optimizer_step(self, trainer, pl_module, optimizer):
+            norms.append(torch.nn.utils.get_total_norm([p.grad for p in pl_module.parameters()]).item())
+
+    model = LitMLP(hidden_dims=[8], steps_per_call=4)
+    trainer = quiet_trainer(tmp_path, max_epochs=1, enable_checkpointing=False, callbacks=[SeesGradients()])
+    trainer.fit(model, datamodule=tiny_dm_factory(batch_size=30))
+    assert not model.plain_optimizer_step and len(norms) == 7 and all(n > 0 for n in norms)
+
+
+def test_plain_backward_and_step_when_nothing_needs_the_hooks(tiny_dm_factory, tmp_path):
+    model, trainer = train(tiny_dm_factory, tmp_path, 4, epochs=1, trainer_kwargs={"log_every_n_steps": 1})
+    assert model.plain_backward and model.plain_optimizer_step
+    assert trainer.global_step == 7  # the manual loop's step counter still counts every update
+    assert trainer.callback_metrics["train/grad_norm"].item() > 0  # the module's own hook still runs
 
 
 def test_bf16_mixed_precision_trains_with_several_steps_per_call(tiny_dm_factory, tmp_path):
     model, trainer = train(tiny_dm_factory, tmp_path, 4, epochs=2, trainer_kwargs={"precision": "bf16-mixed"},
                            optimizer=functools.partial(torch.optim.Adam, lr=3e-3))
-    assert not model.automatic_optimization and model.plain_backward  # bf16 autocast needs no gradient scaler
+    assert not model.automatic_optimization and model.plain_backward and model.plain_optimizer_step  # bf16 needs no scaler
     assert trainer.global_step == 14 and torch.isfinite(trainer.callback_metrics["train/loss"])
     assert all(p.dtype == torch.float32 for p in model.parameters())  # mixed precision keeps fp32 weights
     assert trainer.callback_metrics["val/acc"] > 0.5

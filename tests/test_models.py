@@ -44,7 +44,7 @@ def test_normal_init_std():
     [
         ({"activation": "swish"}, r"model.activation='swish' is not a known activation; allowed: relu"),
         ({"dropout": 1.0}, r"model.dropout=1.0 is not allowed; it must be in \[0, 1\)"),
-        ({"hidden_dims": [64, 0]}, r"layer widths must be positive integers"),
+        ({"hidden_dims": [64, 0]}, r"every layer width must be a positive integer"),
         ({"init": "orthogonal"}, r"model.init='orthogonal' is not a known initialisation"),
     ],
 )

@@ -13,26 +13,36 @@ best checkpoint is tested (``--test_after_fit=false`` to skip) and one line is p
 from __future__ import annotations
 
 import argparse
+import importlib
 import os
+import pickle
 import re
+import shutil
 import sys
 import time
 import traceback
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
+
+import torch
+from jsonargparse import Namespace
 
 from lightning.pytorch import Trainer
 from lightning.pytorch.callbacks import Callback, EarlyStopping, LearningRateMonitor, ModelCheckpoint, ProgressBar, TQDMProgressBar
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.loggers import TensorBoardLogger
+from lightning.pytorch.plugins.io import CheckpointIO
 from lightning.pytorch.utilities import rank_zero_info
 
 from mlplab.callbacks import LayerGradientNorms, TrainBatchImageGrid
+from mlplab.checkpointing import AtomicCheckpointIO, GracefulInterrupt
 from mlplab.data.datamodules import DATAMODULES, InMemoryDataModule
 from mlplab.data.sources import ensure_dataset
-from mlplab.errors import MLPLabError
+from mlplab.errors import ConfigError, DataError, MLPLabError
 from mlplab.lit_mlp import LitMLP
 
+VERSIONED_LOGGERS = ("lightning.pytorch.loggers.TensorBoardLogger", "lightning.pytorch.loggers.CSVLogger")
 OTHER_COMMANDS = "Other commands: `mlplab data download --dataset {mnist,fashion_mnist,all}` fetches and verifies the data."
 
 
@@ -59,8 +69,18 @@ class MLPLabCLI(LightningCLI):
         kwargs.setdefault("trainer_defaults", {
             "logger": _class_default(TensorBoardLogger, save_dir="logs", name="mlplab"),
             # redraw every 5 calls, not every call: a redraw costs about as much as a small MLP's step
-            "callbacks": [TrainBatchImageGrid(), TQDMProgressBar(refresh_rate=5)],
+            "callbacks": [TrainBatchImageGrid(), TQDMProgressBar(refresh_rate=5), GracefulInterrupt()],
         })
+        self.claimed_log_dir: Path | None = None
+        try:
+            self._init_lightning_cli(args, run, kwargs)
+        except (ConfigError, DataError, argparse.ArgumentError):
+            # bad input is refused before training: the folder this run claimed holds nothing worth keeping
+            if self.claimed_log_dir is not None and not (self.claimed_log_dir / "checkpoints").exists():
+                shutil.rmtree(self.claimed_log_dir, ignore_errors=True)
+            raise
+
+    def _init_lightning_cli(self, args: Sequence[str] | None, run: bool, kwargs: dict[str, Any]) -> None:
         super().__init__(
             LitMLP,
             InMemoryDataModule,
@@ -89,15 +109,103 @@ class MLPLabCLI(LightningCLI):
             parser.add_lightning_class_args(callback_class, key, subclass_mode=True, required=False)
         parser.add_argument("--test_after_fit", type=bool, default=True, help="After fit, test the best checkpoint and print the `mlplab:` line.")
 
+    def before_instantiate_classes(self) -> None:
+        """Checks that need no instantiated object: the checkpoint to load, and this run's own log folder."""
+        config = self.config.get(self.subcommand) if self.subcommand else self.config
+        if config is None:
+            return
+        resumed_version = self._resolve_last_checkpoint(config)
+        ckpt_path = config.get("ckpt_path")
+        if ckpt_path not in (None, "last", "best", "hpc"):
+            check_checkpoint_file(ckpt_path)
+        if resumed_version is None and self.subcommand == "fit":
+            self._claim_log_version(config)
+
+    def _logger_root(self, config: Any) -> tuple[Any, Path] | None:
+        """The TensorBoard/CSV logger's init_args and the folder holding its version_N folders, if there is one."""
+        logger = config.get("trainer.logger") if "trainer.logger" in config else None
+        if not isinstance(logger, Namespace) or logger.get("class_path") not in VERSIONED_LOGGERS:
+            return None
+        init_args = logger.init_args
+        return init_args, Path(init_args.save_dir) / (init_args.get("name") or "")
+
+    def _resolve_last_checkpoint(self, config: Any) -> int | None:
+        """``--ckpt_path last``: the newest ``last.ckpt`` of this config's earlier runs; the resumed run keeps logging there.
+
+        (Lightning looks only in the new run's own, still empty, folder.) Returns the version resumed, if any.
+        """
+        logger = self._logger_root(config)
+        if config.get("ckpt_path") != "last" or logger is None:
+            return None
+        init_args, root = logger
+        candidates = [p for p in root.glob("version_*/checkpoints/last*.ckpt") if re.fullmatch(r"version_\d+", p.parent.parent.name)]
+        if not candidates:
+            rank_zero_info(f"mlplab: --ckpt_path last: no last.ckpt under {root}/version_*/checkpoints; starting from scratch.")
+            config["ckpt_path"] = None
+            return None
+        newest = max(candidates, key=lambda p: p.stat().st_mtime)
+        version = int(newest.parent.parent.name.removeprefix("version_"))
+        if init_args.get("version") is None:
+            init_args.version = version
+        config["ckpt_path"] = str(newest)
+        rank_zero_info(f"mlplab: resuming from {newest}")
+        return version
+
+    def _claim_log_version(self, config: Any) -> None:
+        """Create this run's ``version_N`` folder now, atomically (``mkdir`` fails if it exists).
+
+        Lightning's loggers pick ``max(existing) + 1`` when they first write, so two runs started
+        together would both take the same folder and overwrite each other's checkpoints.
+        Only the launching process claims (DDP ranks it starts inherit LOCAL_RANK).
+        """
+        logger = self._logger_root(config)
+        if logger is None or logger[0].get("version") is not None or os.environ.get("LOCAL_RANK", "0") != "0":
+            return
+        init_args, root = logger
+        root.mkdir(parents=True, exist_ok=True)
+        taken = [int(m.group(1)) for p in root.iterdir() if (m := re.fullmatch(r"version_(\d+)", p.name))]
+        version = max(taken, default=-1) + 1
+        while True:
+            try:
+                (root / f"version_{version}").mkdir()
+                break
+            except FileExistsError:
+                version += 1
+        init_args.version = version
+        self.claimed_log_dir = root / f"version_{version}"
+
+    def instantiate_classes(self) -> None:
+        try:
+            super().instantiate_classes()
+        except ValueError:
+            # jsonargparse reports a DataModule's own ConfigError inside a long "does not validate" message:
+            # building the class directly raises the original one-paragraph error instead
+            data = (self.config.get(self.subcommand) if self.subcommand else self.config).get("data")
+            if isinstance(data, Namespace) and data.get("class_path"):
+                module, _, name = data.class_path.rpartition(".")
+                getattr(importlib.import_module(module), name)(**dict(data.get("init_args") or {}))
+            raise
+
+    def _preflight(self) -> None:
+        """Errors a run would otherwise meet only after training started: monitored keys, task vs data."""
+        self.model.check_data_fits(self.datamodule)
+        self.model.check_monitored_metrics(self.trainer.callbacks)
+
     def _instantiate_trainer(self, config: dict[str, Any], callbacks: list[Callback]) -> Trainer:
         # optional callback groups set to null are left out; so is the default progress bar when it is switched off
         trainer_callbacks = [c for c in callbacks if c is not None]
+        # atomic checkpoint files unless the config brings its own CheckpointIO
+        plugins = config.get("plugins") or []
+        plugins = plugins if isinstance(plugins, list) else [plugins]
+        if not any(isinstance(p, CheckpointIO) for p in plugins):
+            config["plugins"] = [*plugins, AtomicCheckpointIO()]
         if config.get("enable_progress_bar") is False:
             defaults = self.trainer_defaults.get("callbacks", [])
             self.trainer_defaults["callbacks"] = [c for c in defaults if not isinstance(c, ProgressBar)]
         return super()._instantiate_trainer(config, trainer_callbacks)
 
     def before_fit(self) -> None:
+        self._preflight()
         self.fit_started = time.perf_counter()
 
     def after_fit(self) -> None:
@@ -129,6 +237,29 @@ class MLPLabCLI(LightningCLI):
         print(f"mlplab: {values} ckpt={ckpt}", flush=True)
 
 
+def check_checkpoint_file(path: str | os.PathLike) -> None:
+    """ConfigError unless ``path`` is an existing checkpoint that loads with ``torch.load(weights_only=True)``.
+
+    Unpickling runs code named in the file; weights-only loading accepts only tensors and plain
+    data, which is all mlplab's checkpoints hold. Remote URLs are left to Lightning.
+    """
+    if "://" in str(path):
+        return
+    if not Path(path).is_file():
+        raise ConfigError(f"ckpt_path={str(path)!r} does not exist. Give the path of a .ckpt file, or 'last' to resume this config's newest run.")
+    try:
+        torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as err:
+        first_line = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise ConfigError(
+            f"ckpt_path={str(path)!r} was refused: it holds pickled Python objects beyond tensors and plain data, which could run "
+            f"code when loaded ({first_line}). mlplab's checkpoints never need that; only load files from a source you trust, "
+            "and re-save them as a plain state_dict."
+        ) from err
+    except (RuntimeError, EOFError, OSError) as err:
+        raise ConfigError(f"ckpt_path={str(path)!r} is not a readable checkpoint (truncated, or not a PyTorch file): {err}") from err
+
+
 def data_command(argv: Sequence[str]) -> None:
     """``mlplab data download``: fetch and verify data sets without training."""
     parser = argparse.ArgumentParser(prog="mlplab data", description="Manage the data sets mlplab trains on.")
@@ -155,16 +286,19 @@ def _class_names(module: Any, base: type) -> list[str]:
 
 def describe_argument_error(err: argparse.ArgumentError) -> str:
     """jsonargparse's multi-line explanation as one paragraph, with the allowed names for class options."""
-    import torch
-
     text = " ".join(line.strip().lstrip("- ").strip() for line in str(err).splitlines() if line.strip())
     match = re.search(r'key "([^"]+)"', text)
     key = re.sub(r"^(fit|validate|test|predict)\.", "", match.group(1)) if match else ""
     if key == "model.optimizer":
         text += f" Allowed: any torch.optim optimizer by name or import path ({', '.join(_class_names(torch.optim, torch.optim.Optimizer))})."
     elif key == "model.lr_scheduler":
-        schedulers = _class_names(torch.optim.lr_scheduler, torch.optim.lr_scheduler.LRScheduler) + ["ReduceLROnPlateau"]
-        text += f" Allowed: any torch.optim.lr_scheduler class by name or import path ({', '.join(sorted(set(schedulers)))}), or mlplab.schedules.WarmupCosineLR."
+        schedulers = sorted(set(_class_names(torch.optim.lr_scheduler, torch.optim.lr_scheduler.LRScheduler)) - {"ReduceLROnPlateau"})
+        text += (
+            f" Allowed: any torch.optim.lr_scheduler class by name or import path ({', '.join(schedulers)}), "
+            "torch.optim.lr_scheduler.ReduceLROnPlateau (full path: Lightning has a class of the same name), or mlplab.schedules.WarmupCosineLR."
+        )
+    if 'Parser key "lr"' in text:
+        text += " model.optimizer.lr must be a positive, finite number."
     return text
 
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import functools
 import inspect
+import math
 from collections.abc import Sequence
 from typing import Any, Literal
 
@@ -24,7 +25,7 @@ from lightning.pytorch.plugins.precision import MixedPrecision, Precision
 from lightning.pytorch.strategies import SingleDeviceStrategy
 from lightning.pytorch.utilities.model_helpers import is_overridden
 from torch import Tensor, nn
-from torchmetrics import MaxMetric, MeanAbsoluteError, MeanMetric, MeanSquaredError, MetricCollection, MinMetric, R2Score
+from torchmetrics import MaxMetric, Metric, MeanAbsoluteError, MeanMetric, MeanSquaredError, MetricCollection, MinMetric, R2Score
 from torchmetrics.classification import MulticlassAccuracy, MultilabelAccuracy, MultilabelF1Score
 
 from mlplab.data.preprocessing import Preprocessor
@@ -152,6 +153,10 @@ class LitMLP(LightningModule):
                 "model.optimizer=SparseAdam is not allowed for an MLP: SparseAdam only accepts sparse gradients "
                 "(from nn.Embedding(sparse=True)), and Linear layers produce dense ones. Use Adam or AdamW, its dense equivalents."
             )
+        if target is not None and "lr" in target[1]:
+            lr = float(target[1]["lr"])
+            if not (math.isfinite(lr) and lr > 0):
+                raise ConfigError(f"model.optimizer.lr={target[1]['lr']} is not allowed; the learning rate must be a positive, finite number.")
         self.save_hyperparameters()
         _store_callables_as_config(self.hparams)
         self.optimizer_factory = optimizer
@@ -201,17 +206,21 @@ class LitMLP(LightningModule):
     def setup(self, stage: str) -> None:
         """Check the task fits the data; adopt the DataModule's fitted pre-processing unless already fitted/restored."""
         datamodule = self.trainer.datamodule if self.trainer else None
+        self.check_data_fits(datamodule)
+        fitted = getattr(datamodule, "preprocessor", None)
+        if isinstance(fitted, Preprocessor) and not self.preprocessor.is_fitted:
+            self.preprocessor.load_state_dict(fitted.state_dict())
+        if stage == "fit" and hasattr(datamodule, "group_train_batches"):
+            datamodule.group_train_batches(1 if self.automatic_optimization else self.hparams.steps_per_call)
+
+    def check_data_fits(self, datamodule: Any) -> None:
+        """ConfigError when the DataModule's task (``multiclass``, ``multilabel``, ``regression``) is not this model's."""
         data_task = getattr(datamodule, "task", None)
         if data_task is not None and data_task != self.hparams.task:
             raise ConfigError(
                 f"model.task={self.hparams.task!r} does not fit {type(datamodule).__name__}, a {data_task!r} data set; "
                 f"set model.task={data_task!r} or choose another data module."
             )
-        fitted = getattr(datamodule, "preprocessor", None)
-        if isinstance(fitted, Preprocessor) and not self.preprocessor.is_fitted:
-            self.preprocessor.load_state_dict(fitted.state_dict())
-        if stage == "fit" and hasattr(datamodule, "group_train_batches"):
-            datamodule.group_train_batches(1 if self.automatic_optimization else self.hparams.steps_per_call)
 
     def _targets(self, y: Tensor, outputs: Tensor) -> Tensor:
         return y if self.hparams.task == "multiclass" else y.to(outputs.dtype).view_as(outputs)
@@ -286,6 +295,32 @@ class LitMLP(LightningModule):
             penalties["l2"] = self.hparams.l2 * sum(w.pow(2).sum() for w in weights)
         return penalties
 
+    def logged_metric_names(self) -> set[str]:
+        """Every key this module logs during fit: what checkpointing, early stopping and ReduceLROnPlateau may monitor."""
+        metric_names = ["loss", *_task_metrics(self.hparams.task, self.hparams.num_classes).keys()]
+        names = {f"{stage}/{name}" for stage in ("train", "val") for name in metric_names}
+        names |= {f"{self.headline_key}_best", "hp_metric", "train/grad_norm", "train/optimizer_steps", "train/optimizer_steps_per_epoch"}
+        names |= {f"train/{name}" for name in ("l1", "l2") if self.hparams[name]}
+        return names
+
+    def check_monitored_metrics(self, callbacks: Sequence[Callback]) -> None:
+        """ConfigError before training when a callback or the scheduler monitors a metric this module never logs.
+
+        Only keys in this module's namespaces (``train/``, ``val/``, ``hp_metric``) are checked: other
+        keys may come from the user's own callbacks.
+        """
+        monitored = [(f"{type(c).__name__}(monitor={c.monitor!r})", c.monitor) for c in callbacks if getattr(c, "monitor", None)]
+        target = _callable_target(self.lr_scheduler_factory)
+        if target is not None and issubclass(target[0], torch.optim.lr_scheduler.ReduceLROnPlateau):
+            monitored.append((f"model.lr_scheduler_monitor={self.hparams.lr_scheduler_monitor!r}", self.hparams.lr_scheduler_monitor))
+        logged = self.logged_metric_names()
+        for owner, key in monitored:
+            if key.startswith(("train/", "val/", "test/", "hp_metric")) and key not in logged:
+                raise ConfigError(f"{owner} watches a metric that is never logged, so it cannot be monitored; logged metrics: {', '.join(sorted(logged))}.")
+
+    def on_fit_start(self) -> None:
+        self.check_monitored_metrics(self.trainer.callbacks)
+
     def on_train_start(self) -> None:
         # the sanity-check validation must not count towards the best value
         self.val_best.reset()
@@ -294,7 +329,62 @@ class LitMLP(LightningModule):
         self.steps_since_grad_norm = self.trainer.log_every_n_steps - 1  # log at the first step
 
     def on_train_epoch_start(self) -> None:
+        # (not called when a fit resumes mid-epoch: the restored counters and metric sums then carry on)
         self.epoch_start_step = self.global_step
+        self.train_loss.reset()
+        self.train_metrics.reset()
+
+    def _resumable_metrics(self) -> dict[str, Metric]:
+        return {"train_loss": self.train_loss, "val_best": self.val_best, **{f"train_metrics.{k}": m for k, m in self.train_metrics.items()}}
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Save what a resumed fit needs to continue exactly: RNG state, this epoch's metric sums, step counters.
+
+        All tensors and plain numbers, so checkpoints stay loadable with ``torch.load(weights_only=True)``.
+        """
+        metric_states = {}
+        for name, metric in self._resumable_metrics().items():
+            metric.persistent(True)
+            metric_states[name] = dict(metric.state_dict())
+            metric.persistent(False)
+        checkpoint["mlplab_progress"] = {
+            "torch_rng_state": torch.get_rng_state(),
+            "cuda_rng_states": torch.cuda.get_rng_state_all() if torch.cuda.is_initialized() else [],
+            "epoch_start_step": self.epoch_start_step,
+            "steps_since_grad_norm": self.steps_since_grad_norm,
+            "metric_states": metric_states,
+        }
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """When a fit resumes (not when a model is merely loaded), restore what :meth:`on_save_checkpoint` saved."""
+        progress = checkpoint.get("mlplab_progress")
+        if progress is None or self._trainer is None or self.trainer.state.fn != "fit":
+            return
+        torch.set_rng_state(progress["torch_rng_state"])
+        if progress["cuda_rng_states"] and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(progress["cuda_rng_states"])
+        self.epoch_start_step = progress["epoch_start_step"]
+        self.steps_since_grad_norm = progress["steps_since_grad_norm"]
+        for name, metric in self._resumable_metrics().items():
+            metric.persistent(True)
+            metric.load_state_dict(progress["metric_states"][name])
+            metric.persistent(False)
+
+    def load_state_dict(self, state_dict: Any, strict: bool = True, assign: bool = False) -> Any:
+        """``nn.Module.load_state_dict`` that names every layer whose shape differs in one clear error."""
+        own = self.state_dict()
+        mismatched = [
+            f"{key} is {list(value.shape)} in the checkpoint but {list(own[key].shape)} in this model"
+            for key, value in state_dict.items()
+            if key in own and not key.startswith("preprocessor.") and value.shape != own[key].shape
+        ]
+        if mismatched:
+            raise ConfigError(
+                f"the checkpoint does not fit this model's shape: {'; '.join(mismatched)}. "
+                "Build the model with the checkpoint's settings (LitMLP.load_from_checkpoint does), or drop --model overrides of "
+                "hidden_dims, maxout_pieces, batch_norm or the data's input size."
+            )
+        return super().load_state_dict(state_dict, strict=strict, assign=assign)
 
     def training_loss(self, batch: tuple[Tensor, Tensor]) -> Tensor:
         """The loss one optimizer step minimises on ``batch``: data loss plus weight penalties."""

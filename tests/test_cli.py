@@ -39,7 +39,8 @@ def test_defaults_callbacks_logger_and_seed(capsys, monkeypatch):
     monkeypatch.chdir(ROOT)
     printed = print_config(capsys, "--config", "configs/mnist.yaml")
     assert printed["seed_everything"] == 42
-    assert printed["checkpoint"]["init_args"] | {"monitor": "val/acc", "mode": "max", "save_last": True} == printed["checkpoint"]["init_args"]
+    assert printed["checkpoint"]["init_args"] | {"monitor": "val/acc", "mode": "max"} == printed["checkpoint"]["init_args"]
+    assert printed["last_checkpoint"]["init_args"] | {"monitor": None, "filename": "last"} == printed["last_checkpoint"]["init_args"]
     assert printed["early_stopping"]["init_args"]["monitor"] == "val/loss" and printed["early_stopping"]["init_args"]["patience"] == 5
     assert printed["lr_monitor"]["class_path"].endswith("LearningRateMonitor")
     assert printed["trainer"]["logger"]["init_args"]["save_dir"] == "logs"

@@ -1,7 +1,8 @@
 """The ``mlplab`` command: LightningCLI (fit / validate / test / predict) plus ``mlplab data``.
 
 Defaults a Lightning user expects, each a config group that can be tuned or switched off
-(``--early_stopping=null``): ``checkpoint`` (ModelCheckpoint on ``val/acc``, ``save_last``),
+(``--early_stopping=null``): ``checkpoint`` (ModelCheckpoint keeping the best ``val/acc``),
+``last_checkpoint`` (``last.ckpt`` at every epoch end, for ``--ckpt_path last``),
 ``early_stopping`` (``val/loss``, patience 5), ``lr_monitor`` (LearningRateMonitor); a
 TensorBoardLogger under ``logs/<name>/version_N``; ``seed_everything: 42``;
 ``model.steps_per_call: 16`` (see :class:`mlplab.LitMLP`). After ``fit`` the
@@ -53,8 +54,12 @@ def _class_default(cls: type, **init_args: Any) -> dict[str, Any]:
 OPTIONAL_CALLBACKS: dict[str, tuple[type[Callback], dict[str, Any]]] = {
     "checkpoint": (
         ModelCheckpoint,
-        {"monitor": "val/acc", "mode": "max", "save_last": True, "filename": "epoch{epoch:03d}-val_acc{val/acc:.4f}", "auto_insert_metric_name": False},
+        {"monitor": "val/acc", "mode": "max", "filename": "epoch{epoch:03d}-val_acc{val/acc:.4f}", "auto_insert_metric_name": False},
     ),
+    # A second ModelCheckpoint for resuming: last.ckpt at every epoch end. (ModelCheckpoint's own save_last
+    # rewrites last.ckpt only in epochs that also saved a top-k checkpoint, so after an epoch without
+    # improvement it would hold an older state.)
+    "last_checkpoint": (ModelCheckpoint, {"monitor": None, "save_top_k": 1, "filename": "last", "enable_version_counter": False}),
     "early_stopping": (EarlyStopping, {"monitor": "val/loss", "mode": "min", "patience": 5}),
     "lr_monitor": (LearningRateMonitor, {"logging_interval": "step"}),
 }
@@ -109,17 +114,21 @@ class MLPLabCLI(LightningCLI):
             parser.add_lightning_class_args(callback_class, key, subclass_mode=True, required=False)
         parser.add_argument("--test_after_fit", type=bool, default=True, help="After fit, test the best checkpoint and print the `mlplab:` line.")
 
+    def _parse_ckpt_path(self) -> None:
+        """Resolve ``--ckpt_path last`` and refuse unsafe or missing files before LightningCLI reads the checkpoint's hparams."""
+        subcommand = self.config.get("subcommand")
+        config = self.config.get(subcommand) if subcommand else None
+        self.resumed_version = None
+        if config is not None:
+            self.resumed_version = self._resolve_last_checkpoint(config)
+            if config.get("ckpt_path") not in (None, "last", "best", "hpc"):
+                check_checkpoint_file(config.get("ckpt_path"))
+        super()._parse_ckpt_path()
+
     def before_instantiate_classes(self) -> None:
-        """Checks that need no instantiated object: the checkpoint to load, and this run's own log folder."""
-        config = self.config.get(self.subcommand) if self.subcommand else self.config
-        if config is None:
-            return
-        resumed_version = self._resolve_last_checkpoint(config)
-        ckpt_path = config.get("ckpt_path")
-        if ckpt_path not in (None, "last", "best", "hpc"):
-            check_checkpoint_file(ckpt_path)
-        if resumed_version is None and self.subcommand == "fit":
-            self._claim_log_version(config)
+        """Claim this run's own log folder (a resumed run continues in the folder it resumes)."""
+        if self.subcommand == "fit" and self.resumed_version is None:
+            self._claim_log_version(self.config[self.subcommand])
 
     def _logger_root(self, config: Any) -> tuple[Any, Path] | None:
         """The TensorBoard/CSV logger's init_args and the folder holding its version_N folders, if there is one."""
@@ -147,6 +156,8 @@ class MLPLabCLI(LightningCLI):
         version = int(newest.parent.parent.name.removeprefix("version_"))
         if init_args.get("version") is None:
             init_args.version = version
+            # the run continues in that folder; its config.yaml then records this (resuming) invocation
+            self.save_config_kwargs = {**self.save_config_kwargs, "overwrite": True}
         config["ckpt_path"] = str(newest)
         rank_zero_info(f"mlplab: resuming from {newest}")
         return version

@@ -342,6 +342,7 @@ class LitMLP(LightningModule):
 
         All tensors and plain numbers, so checkpoints stay loadable with ``torch.load(weights_only=True)``.
         """
+        self._update_train_metrics()  # outputs of this call's steps still buffered (callbacks may save before this module's hook)
         metric_states = {}
         for name, metric in self._resumable_metrics().items():
             metric.persistent(True)
@@ -381,8 +382,8 @@ class LitMLP(LightningModule):
         if mismatched:
             raise ConfigError(
                 f"the checkpoint does not fit this model's shape: {'; '.join(mismatched)}. "
-                "Build the model with the checkpoint's settings (LitMLP.load_from_checkpoint does), or drop --model overrides of "
-                "hidden_dims, maxout_pieces, batch_norm or the data's input size."
+                "Build the model with the checkpoint's settings: LitMLP.load_from_checkpoint(path) without overrides of "
+                "hidden_dims, maxout_pieces, batch_norm, residual or the input size does."
             )
         return super().load_state_dict(state_dict, strict=strict, assign=assign)
 

@@ -1,0 +1,376 @@
+"""Faults, with real processes: bad input, corrupt files, SIGKILL, Ctrl-C, malicious checkpoints, concurrent runs.
+
+Every case runs the real ``mlplab`` command (or real Python) in a subprocess on tiny IDX data
+written to a temp dir, so it exercises exit codes, signals and files as a user would meet them.
+(A diverging run — NaN at lr=1e6 on real MNIST — is in tests/test_e2e.py.)
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import pickle
+import shutil
+import signal
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+import torch
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+from mlplab.data import write_idx
+from mlplab.data.idx import open_maybe_gzip
+
+from .conftest import FILE_NAMES, REAL_DATA_DIR, make_tiny_idx
+
+ROOT = Path(__file__).resolve().parents[1]
+
+# A user's own IDX data set is a four-line subclass (see the README); tests generate one per data folder.
+DATAMODULE_TEMPLATE = '''
+from mlplab.data import IDXDataModule
+from mlplab.data.sources import DatasetSource, IDXFile
+
+def _no_fetch(scratch):
+    raise RuntimeError("test data is never fetched")
+
+class TinyDataModule(IDXDataModule):
+    source = DatasetSource("Tiny", "Tiny", {files}, torchvision_class="MNIST", fetch_from_registry=_no_fetch, manual_hint="(test data)")
+    classes = tuple("0123456789")
+'''
+
+# Sends a real signal to its own process at the start of the first call at or after `step`.
+SIGNAL_CALLBACK = '''
+import os, signal
+from lightning.pytorch import Callback
+
+class SignalAtStep(Callback):
+    def __init__(self, step: int, signal_name: str = "SIGKILL"):
+        self.step, self.signal_name, self.sent = step, signal_name, False
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        if trainer.global_step >= self.step and not self.sent:
+            self.sent = True
+            os.kill(os.getpid(), getattr(signal, self.signal_name))
+'''
+
+
+def write_datamodule(folder: Path, raw_dir: Path) -> None:
+    """``folder/tinydata.py`` with a DataModule whose checksums are those of the files now in ``raw_dir``."""
+    files = ", ".join(f'IDXFile("{name}", "{hashlib.md5(open_maybe_gzip(next(raw_dir.glob(name + "*")))).hexdigest()}")' for name in FILE_NAMES)
+    (folder / "tinydata.py").write_text(DATAMODULE_TEMPLATE.format(files=files))
+    (folder / "faulthelpers.py").write_text(SIGNAL_CALLBACK)
+
+
+@pytest.fixture
+def workdir(tmp_path: Path) -> Path:
+    """A folder with tiny data in ``Tiny/raw``, its DataModule module and the signal callback; runs happen there."""
+    make_tiny_idx(tmp_path / "Tiny" / "raw")
+    write_datamodule(tmp_path, tmp_path / "Tiny" / "raw")
+    return tmp_path
+
+
+def tiny_args(max_epochs: int = 4) -> list[str]:
+    return [
+        "--data=tinydata.TinyDataModule", "--data.data_dir=.", "--data.val_size=40", "--data.batch_size=32",
+        "--model.hidden_dims=[16]", "--model.dropout=0.3", "--model.steps_per_call=2",
+        "--model.optimizer=SGD", "--model.optimizer.lr=0.05", "--model.optimizer.momentum=0.9",
+        "--model.lr_scheduler=StepLR", "--model.lr_scheduler.step_size=1", "--model.lr_scheduler.gamma=0.7",
+        f"--trainer.max_epochs={max_epochs}", "--trainer.deterministic=true", "--trainer.enable_progress_bar=false",
+        "--trainer.logger.init_args.name=tiny", "--early_stopping.patience=2",
+    ]
+
+
+def mlplab(workdir: Path, *args: str, wait: bool = True, timeout: float = 180) -> subprocess.CompletedProcess | subprocess.Popen:
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(workdir), str(ROOT / "src"), os.environ.get("PYTHONPATH", "")])}
+    command = [sys.executable, "-m", "mlplab.cli", *args]
+    if not wait:
+        return subprocess.Popen(command, cwd=workdir, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    return subprocess.run(command, cwd=workdir, env=env, capture_output=True, text=True, timeout=timeout)
+
+
+def error_paragraph(result: subprocess.CompletedProcess) -> str:
+    """The run's error: exit code 2, no traceback, one `mlplab: error:` line."""
+    assert result.returncode == 2, result.stderr[-3000:]
+    assert "Traceback" not in result.stderr, result.stderr[-3000:]
+    errors = [line for line in result.stderr.splitlines() if line.startswith("mlplab: error:")]
+    assert len(errors) == 1, result.stderr[-3000:]
+    return errors[0]
+
+
+# ---------------------------------------------------------------- bad configuration: refused before training
+
+BAD_CONFIGS = {
+    "unknown optimizer": (["--model.optimizer=Adamm"], ["Adamm", "Allowed:", "SGD"]),
+    "unknown scheduler": (["--model.lr_scheduler=StepLRR"], ["StepLRR", "Allowed:", "CosineAnnealingLR"]),
+    "unknown activation": (["--model.activation=relux"], ["model.activation='relux'", "allowed:", "gelu"]),
+    "unknown init": (["--model.init=hee"], ["model.init='hee'", "allowed:", "kaiming_normal"]),
+    "unknown data set": (["--data=CIFAR10DataModule"], ['"data"', "CIFAR10DataModule"]),
+    "lr zero": (["--model.optimizer.lr=0"], ["model.optimizer.lr=0", "positive, finite"]),
+    "lr negative": (["--model.optimizer.lr=-1"], ["model.optimizer.lr=-1", "positive, finite"]),
+    "lr not finite": (["--model.optimizer.lr=.inf"], ["model.optimizer.lr=inf", "positive, finite"]),
+    "dropout 1": (["--model.dropout=1.0"], ["model.dropout=1.0", "[0, 1)"]),
+    "hidden width 0": (["--model.hidden_dims=[0,10]"], ["model.hidden_dims=[0, 10]", "positive integer"]),
+    "batch size 0": (["--data.batch_size=0"], ["data.batch_size=0", "positive integer"]),
+    "batch larger than train split": (["--data.batch_size=500"], ["data.batch_size=500", "200 training samples"]),
+    "val_size too large": (["--data.val_size=240"], ["data.val_size=240", "240 training samples"]),
+    "pca components > input": (["--data.normalize=pca", "--data.pca_components=1000"], ["data.pca_components=1000", "1..784"]),
+    "regression on classes": (["--model.task=regression"], ["model.task='regression'", "'multiclass' data set"]),
+    "data_dir not writable": (["--data.data_dir=/proc/mlplab-nope"], ["data.data_dir='/proc/mlplab-nope'", "could not be created or written"]),
+    "ckpt_path missing": (["--ckpt_path=missing.ckpt"], ["ckpt_path='missing.ckpt' does not exist"]),
+    "checkpoint monitor never logged": (["--checkpoint.monitor=val/accuracy"], ["'val/accuracy'", "never logged", "val/acc,"]),
+    "early-stopping monitor never logged": (["--early_stopping.monitor=val/los"], ["'val/los'", "never logged", "val/loss"]),
+    "plateau monitor never logged": (
+        ["--model.lr_scheduler=torch.optim.lr_scheduler.ReduceLROnPlateau", "--model.lr_scheduler_monitor=val/lozz"],
+        ["model.lr_scheduler_monitor='val/lozz'", "never logged"],
+    ),
+}
+
+
+@pytest.fixture(scope="module")
+def bad_config_results(tmp_path_factory) -> dict[str, tuple[subprocess.CompletedProcess, Path]]:
+    """All bad configurations, run as concurrent subprocesses (each in its own folder)."""
+    running = {}
+    for case, (args, _) in BAD_CONFIGS.items():
+        folder = tmp_path_factory.mktemp("bad")
+        make_tiny_idx(folder / "Tiny" / "raw")
+        write_datamodule(folder, folder / "Tiny" / "raw")
+        running[case] = (mlplab(folder, "fit", *tiny_args(1), *args, wait=False), folder)
+    results = {}
+    for case, (process, folder) in running.items():
+        stdout, stderr = process.communicate(timeout=300)
+        results[case] = (subprocess.CompletedProcess(process.args, process.returncode, stdout, stderr), folder)
+    return results
+
+
+@pytest.mark.parametrize("case", list(BAD_CONFIGS))
+def test_bad_configuration_is_one_clear_paragraph_before_training(bad_config_results, case):
+    result, folder = bad_config_results[case]
+    message = error_paragraph(result)
+    for fragment in BAD_CONFIGS[case][1]:
+        assert fragment in message, message
+    assert "Epoch 0" not in result.stdout + result.stderr  # no training started
+    assert not list(folder.glob("logs/**/*.ckpt")) and not list(folder.glob("logs/*/version_*"))  # nothing left behind
+
+
+# ---------------------------------------------------------------- bad data: real corrupt files
+
+
+def corrupt(raw_dir: Path, case: str) -> None:
+    labels = raw_dir / "train-labels-idx1-ubyte"
+    if case == "missing file":
+        labels.unlink()
+    elif case == "truncated file":
+        labels.write_bytes(labels.read_bytes()[:100])
+    elif case == "wrong magic number":
+        labels.write_bytes(b"\x12\x34" + labels.read_bytes()[2:])  # an IDX file starts with two zero bytes
+    elif case == "images/labels count mismatch":
+        write_idx(labels, torch.zeros(239, dtype=torch.uint8))
+    elif case == "labels out of range":
+        write_idx(labels, torch.full((240,), 12, dtype=torch.uint8))
+    elif case == ".gz that is not gzip":
+        labels.unlink()
+        (raw_dir / "train-labels-idx1-ubyte.gz").write_bytes(b"this is not gzip data")
+
+
+BAD_DATA = {
+    "missing file": "train-labels-idx1-ubyte (or .gz) is missing",
+    "truncated file": "train-labels-idx1-ubyte holds 92 data bytes but its header (shape (240,)) announces 240",
+    "wrong magic number": "train-labels-idx1-ubyte is not an IDX file: its magic number is 12340801",
+    "images/labels count mismatch": "holds 240 images but",
+    "labels out of range": "labels in [12, 12], allowed 0..9",
+    ".gz that is not gzip": "train-labels-idx1-ubyte.gz is named .gz but is not a gzip file",
+}
+
+
+@pytest.mark.parametrize("case", list(BAD_DATA))
+def test_bad_data_file_is_named_with_what_was_expected(tmp_path, case):
+    raw_dir = tmp_path / "Tiny" / "raw"
+    make_tiny_idx(raw_dir)
+    corrupt(raw_dir, case)
+    # The DataModule's checksums are those of the corrupt files (so the IDX reader's own checks are what fires),
+    # or of intact files where the corrupt one cannot even be read.
+    checksums_of = raw_dir if case not in ("missing file", ".gz that is not gzip") else tmp_path / "intact" / "raw"
+    if checksums_of != raw_dir:
+        make_tiny_idx(checksums_of)
+    write_datamodule(tmp_path, checksums_of)
+    message = error_paragraph(mlplab(tmp_path, "fit", *tiny_args(1), "--data.download=false"))
+    assert BAD_DATA[case] in message, message
+    assert not list(tmp_path.glob("logs/**/*.ckpt"))
+
+
+def test_real_mnist_file_with_wrong_checksum_is_refused(real_mnist, tmp_path):
+    raw_dir = tmp_path / "MNIST" / "raw"
+    raw_dir.mkdir(parents=True)
+    for name in FILE_NAMES:
+        if name != "train-labels-idx1-ubyte":
+            (raw_dir / name).symlink_to(real_mnist / name)
+    (raw_dir / "train-labels-idx1-ubyte").write_bytes((real_mnist / "train-labels-idx1-ubyte").read_bytes()[:-5])  # truncated copy
+    result = mlplab(tmp_path, "fit", "--config", str(ROOT / "configs/mnist.yaml"), f"--data.data_dir={tmp_path}", "--trainer.max_epochs=1")
+    message = error_paragraph(result)
+    assert "train-labels-idx1-ubyte fails its checksum: expected MD5 a25bea736e30d166cdddb491f175f624" in message
+    assert (raw_dir / "train-labels-idx1-ubyte").stat().st_size == 60008 - 5  # reported, never replaced or used
+
+
+def test_download_killed_midway_leaves_no_file_a_later_run_trusts(tmp_path):
+    script = textwrap.dedent(f"""
+        import os, signal
+        from pathlib import Path
+        from mlplab.data.sources import DatasetSource, IDXFile, ensure_dataset
+        def dies_while_writing(scratch):
+            (scratch / "train-images-idx3-ubyte").write_bytes(b"half a file")
+            os.kill(os.getpid(), signal.SIGKILL)
+        files = [IDXFile(name, "0" * 32) for name in {FILE_NAMES!r}]
+        source = DatasetSource("Tiny", "Tiny", *files, torchvision_class="MNIST", fetch_from_registry=dies_while_writing, manual_hint="")
+        ensure_dataset(source, {str(tmp_path)!r}, methods=("registry",))
+    """)
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert result.returncode == -signal.SIGKILL
+    raw_dir = tmp_path / "Tiny" / "raw"
+    assert not [p for p in raw_dir.iterdir() if p.name.startswith(("train", "t10k"))]  # the half file never reached raw/
+
+
+# ---------------------------------------------------------------- crash, Ctrl-C and resume
+
+
+def final_state(workdir: Path, version: int) -> tuple[dict, dict]:
+    """The run's last checkpoint and its logged scalars (step -> value, last write wins)."""
+    run_dir = workdir / "logs" / "tiny" / f"version_{version}"
+    checkpoint = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)
+    events = EventAccumulator(str(run_dir))
+    events.Reload()
+    scalars = {tag: {e.step: e.value for e in events.Scalars(tag)} for tag in events.Tags()["scalars"]}
+    assert {"train/acc", "train/loss", "val/acc", "val/loss"} <= set(scalars)
+    return checkpoint, scalars
+
+
+def assert_same_training(reference: tuple[dict, dict], resumed: tuple[dict, dict]) -> None:
+    (ref_ckpt, ref_scalars), (ckpt, scalars) = reference, resumed
+    assert ckpt["global_step"] == ref_ckpt["global_step"] and ckpt["epoch"] == ref_ckpt["epoch"]
+    for key, value in ref_ckpt["state_dict"].items():
+        assert torch.equal(value, ckpt["state_dict"][key]), key  # bit for bit
+    for ref_state, state in zip(ref_ckpt["optimizer_states"][0]["state"].values(), ckpt["optimizer_states"][0]["state"].values(), strict=True):
+        assert torch.equal(ref_state["momentum_buffer"], state["momentum_buffer"])
+    assert ckpt["lr_schedulers"] == ref_ckpt["lr_schedulers"]
+    assert scalars == ref_scalars  # every logged train/val metric and lr, every epoch
+
+
+def test_sigkill_mid_epoch_then_resume_equals_uninterrupted_run(workdir):
+    reference = mlplab(workdir, "fit", *tiny_args())
+    assert reference.returncode == 0, reference.stderr[-3000:]
+    killed = mlplab(workdir, "fit", *tiny_args(), "--trainer.callbacks+=faulthelpers.SignalAtStep", "--trainer.callbacks.step=10")
+    assert killed.returncode == -signal.SIGKILL  # a real SIGKILL in epoch 1 (7 steps per epoch)
+    resumed = mlplab(workdir, "fit", *tiny_args(), "--ckpt_path=last")
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "resuming from logs/tiny/version_1/checkpoints/last.ckpt" in resumed.stdout + resumed.stderr
+    assert_same_training(final_state(workdir, 0), final_state(workdir, 1))
+    assert not (workdir / "logs" / "tiny" / "version_2").exists()  # the resumed run continued in its own folder
+
+
+def test_ctrl_c_saves_a_mid_epoch_checkpoint_that_resumes_exactly(workdir):
+    reference = mlplab(workdir, "fit", *tiny_args())
+    assert reference.returncode == 0, reference.stderr[-3000:]
+    interrupted = mlplab(workdir, "fit", *tiny_args(), "--trainer.callbacks+=faulthelpers.SignalAtStep", "--trainer.callbacks.step=10",
+                         "--trainer.callbacks.signal_name=SIGINT")
+    output = interrupted.stdout + interrupted.stderr
+    assert interrupted.returncode == 1 and "mlplab: interrupted in epoch 1 after optimizer step 13" in output, output[-3000:]
+    saved = torch.load(workdir / "logs/tiny/version_1/checkpoints/last.ckpt", weights_only=True)
+    assert saved["global_step"] == 13 and saved["TinyDataModule"]["train_position"] == {"epoch": 1, "batches_served": 6}
+    resumed = mlplab(workdir, "fit", *tiny_args(), "--ckpt_path=last")
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert_same_training(final_state(workdir, 0), final_state(workdir, 1))
+
+
+def test_checkpoint_write_killed_midway_keeps_the_previous_file(tmp_path):
+    path = tmp_path / "last.ckpt"
+    script = textwrap.dedent(f"""
+        import os, signal, torch
+        from mlplab.checkpointing import AtomicCheckpointIO
+        io = AtomicCheckpointIO()
+        io.save_checkpoint({{"weights": torch.ones(1000)}}, {str(path)!r})
+        def dies_while_writing(obj, file, *args, **kwargs):
+            file.write(b"the first bytes of a checkpoint")
+            file.flush()
+            os.kill(os.getpid(), signal.SIGKILL)
+        torch.save = dies_while_writing
+        io.save_checkpoint({{"weights": torch.zeros(1000)}}, {str(path)!r})
+    """)
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert result.returncode == -signal.SIGKILL
+    assert torch.equal(torch.load(path, weights_only=True)["weights"], torch.ones(1000))  # the old copy, whole
+    assert [p.name for p in tmp_path.glob("*.ckpt")] == ["last.ckpt"]  # the partial write is not a .ckpt anyone would pick up
+
+
+# ---------------------------------------------------------------- safe loading
+
+
+@pytest.fixture
+def trained_checkpoint(workdir) -> Path:
+    result = mlplab(workdir, "fit", *tiny_args(1))
+    assert result.returncode == 0, result.stderr[-3000:]
+    return workdir / "logs" / "tiny" / "version_0" / "checkpoints" / "last.ckpt"
+
+
+class RunsCode:
+    """Unpickling this runs a shell command: what a malicious checkpoint does."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+def test_checkpoint_that_runs_code_on_load_is_refused(workdir, trained_checkpoint):
+    marker = workdir / "pwned"
+    evil = workdir / "evil.ckpt"
+    checkpoint = torch.load(trained_checkpoint, weights_only=True)
+    checkpoint["hyper_parameters"]["payload"] = RunsCode(marker)
+    torch.save(checkpoint, evil, pickle_protocol=pickle.HIGHEST_PROTOCOL)
+
+    message = error_paragraph(mlplab(workdir, "test", *tiny_args(1), f"--ckpt_path={evil}"))
+    assert "was refused" in message and "could run code" in message
+    resumed = error_paragraph(mlplab(workdir, "fit", *tiny_args(1), f"--ckpt_path={evil}"))
+    assert "was refused" in resumed
+    load = subprocess.run([sys.executable, "-c", f"from mlplab import LitMLP; LitMLP.load_from_checkpoint({str(evil)!r})"],
+                          capture_output=True, text=True, timeout=120)
+    assert load.returncode != 0 and "Weights only load failed" in load.stderr
+    assert not marker.exists()  # nothing ran
+
+
+def test_checkpoint_of_another_shape_names_the_mismatching_layers(workdir, trained_checkpoint):
+    script = textwrap.dedent(f"""
+        import torch
+        from mlplab import LitMLP
+        from mlplab.errors import ConfigError
+        state = torch.load({str(trained_checkpoint)!r}, weights_only=True)["state_dict"]
+        for load in (lambda: LitMLP(hidden_dims=[8]).load_state_dict(state), lambda: LitMLP.load_from_checkpoint({str(trained_checkpoint)!r}, hidden_dims=[8])):
+            try:
+                load()
+            except ConfigError as err:
+                print(err)
+    """)
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    messages = result.stdout.strip().splitlines()
+    assert len(messages) == 2, result.stdout + result.stderr
+    for message in messages:
+        assert "net.hidden.0.branch.0.weight is [16, 784] in the checkpoint but [8, 784] in this model" in message, message
+        assert "net.output.weight is [10, 16] in the checkpoint but [10, 8] in this model" in message, message
+
+
+# ---------------------------------------------------------------- concurrency
+
+
+def test_two_runs_started_together_get_distinct_folders(workdir):
+    runs = [mlplab(workdir, "fit", *tiny_args(2), wait=False) for _ in range(2)]
+    outputs = [run.communicate(timeout=300) for run in runs]
+    assert [run.returncode for run in runs] == [0, 0], outputs
+    versions = sorted(p.name for p in (workdir / "logs" / "tiny").iterdir())
+    assert versions == ["version_0", "version_1"]
+    for version in versions:
+        checkpoints = workdir / "logs" / "tiny" / version / "checkpoints"
+        assert torch.load(checkpoints / "last.ckpt", weights_only=True)["global_step"] == 14
+        assert (workdir / "logs" / "tiny" / version / "config.yaml").is_file()
+    shutil.rmtree(workdir / "logs")

@@ -77,3 +77,37 @@ def test_diverging_run_stops_with_one_paragraph_and_no_checkpoint(real_mnist, tm
     assert re.fullmatch(r"mlplab: error: training diverged: the loss became (nan|inf) at optimizer step \d+ \(epoch 0\), with learning rate 1e\+06\. .*", last)
     assert "Traceback" not in result.stderr
     assert not list(tmp_path.rglob("*.ckpt"))
+
+
+def predict_csv(tmp_path: Path, ckpt: Path, *args: str) -> list[list[str]]:
+    output = tmp_path / "predictions.csv"
+    command = [MLPLAB, "predict", "--config", "configs/mnist.yaml", f"--ckpt_path={ckpt}", f"--data.data_dir={REAL_DATA_DIR}",
+               f"--prediction_writer.output={output}", "--trainer.enable_progress_bar=false", *args]
+    result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return [line.split(",") for line in output.read_text().splitlines()]
+
+
+def test_predict_writes_a_csv_for_the_test_split_and_for_a_png_folder(short_run, real_mnist, tmp_path):
+    import torch
+    import torchvision
+
+    from mlplab.data import read_idx
+
+    rows = predict_csv(tmp_path, short_run["ckpt"])
+    assert rows[0] == ["index", "predicted"] + [f"p_{c}" for c in range(10)] and len(rows) == 10_001
+    probabilities = torch.tensor([[float(v) for v in row[2:]] for row in rows[1:]])
+    torch.testing.assert_close(probabilities.sum(1), torch.ones(10_000), atol=1e-4, rtol=0)
+    labels = read_idx(real_mnist / "t10k-labels-idx1-ubyte").long()
+    predicted = torch.tensor([int(row[1]) for row in rows[1:]])
+    assert (predicted == labels).float().mean() == pytest.approx(short_run["acc"], abs=1e-4)  # the same accuracy `fit` printed
+
+    pngs = tmp_path / "pngs"
+    pngs.mkdir()
+    images = read_idx(real_mnist / "t10k-images-idx3-ubyte")[:3]
+    for name, image in zip(("c.png", "a.png", "b.png"), images, strict=True):
+        torchvision.io.write_png(image.unsqueeze(0), str(pngs / name))
+    png_rows = predict_csv(tmp_path, short_run["ckpt"], f"--data.predict_dir={pngs}")
+    assert png_rows[0][0] == "file" and [row[0] for row in png_rows[1:]] == ["a.png", "b.png", "c.png"]
+    by_name = {row[0]: row[1:] for row in png_rows[1:]}
+    assert [by_name["c.png"], by_name["a.png"], by_name["b.png"]] == [row[1:] for row in rows[1:4]]  # same pixels, same output

@@ -290,11 +290,9 @@ def test_checkpoint_write_killed_midway_keeps_the_previous_file(tmp_path):
         from mlplab.checkpointing import AtomicCheckpointIO
         io = AtomicCheckpointIO()
         io.save_checkpoint({{"weights": torch.ones(1000)}}, {str(path)!r})
-        def dies_while_writing(obj, file, *args, **kwargs):
-            file.write(b"the first bytes of a checkpoint")
-            file.flush()
+        def dies_while_writing(descriptor):  # the new bytes are written but not yet on disk nor renamed
             os.kill(os.getpid(), signal.SIGKILL)
-        torch.save = dies_while_writing
+        os.fsync = dies_while_writing
         io.save_checkpoint({{"weights": torch.zeros(1000)}}, {str(path)!r})
     """)
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)

@@ -14,9 +14,10 @@ lets Lightning shut down. ``--ckpt_path last`` continues exactly where it stoppe
 
 from __future__ import annotations
 
+import io
 import os
+import pickle
 import signal
-import tempfile
 import threading
 from pathlib import Path
 from typing import Any
@@ -26,6 +27,9 @@ from lightning.pytorch import Callback, LightningModule, Trainer
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 from lightning.pytorch.utilities import rank_zero_info
 
+from mlplab.data.idx import atomic_write_bytes
+from mlplab.errors import ConfigError
+
 
 class AtomicCheckpointIO(TorchCheckpointIO):
     """``TorchCheckpointIO`` whose local saves are all-or-nothing (temporary file, fsync, rename)."""
@@ -34,18 +38,9 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         if "://" in str(path):  # remote file systems: Lightning's own writer
             super().save_checkpoint(checkpoint, path, storage_options)
             return
-        target = Path(path)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        descriptor, temporary = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
-        try:
-            with os.fdopen(descriptor, "wb") as file:
-                torch.save(checkpoint, file)
-                file.flush()
-                os.fsync(file.fileno())
-            os.replace(temporary, target)
-        except BaseException:
-            Path(temporary).unlink(missing_ok=True)
-            raise
+        buffer = io.BytesIO()
+        torch.save(checkpoint, buffer)
+        atomic_write_bytes(Path(path), buffer.getvalue())
 
 
 class GracefulInterrupt(Callback):
@@ -94,3 +89,26 @@ class GracefulInterrupt(Callback):
         if self.previous_handler is not None and threading.current_thread() is threading.main_thread():
             signal.signal(signal.SIGINT, self.previous_handler)
             self.previous_handler = None
+
+
+def check_checkpoint_file(path: str | os.PathLike) -> None:
+    """ConfigError unless ``path`` is an existing checkpoint that loads with ``torch.load(weights_only=True)``.
+
+    Unpickling runs code named in the file; weights-only loading accepts only tensors and plain
+    data, which is all mlplab's checkpoints hold. Remote URLs are left to Lightning.
+    """
+    if "://" in str(path):
+        return
+    if not Path(path).is_file():
+        raise ConfigError(f"ckpt_path={str(path)!r} does not exist. Give the path of a .ckpt file, or 'last' to resume this config's newest run.")
+    try:
+        torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as err:
+        first_line = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise ConfigError(
+            f"ckpt_path={str(path)!r} was refused: it holds pickled Python objects beyond tensors and plain data, which could run "
+            f"code when loaded ({first_line}). mlplab's checkpoints never need that; only load files from a source you trust, "
+            "and re-save them as a plain state_dict."
+        ) from err
+    except (RuntimeError, EOFError, OSError) as err:
+        raise ConfigError(f"ckpt_path={str(path)!r} is not a readable checkpoint (truncated, or not a PyTorch file): {err}") from err

@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import importlib
 import os
-import pickle
 import re
 import shutil
 import sys
@@ -36,15 +35,18 @@ from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.plugins.io import CheckpointIO
 from lightning.pytorch.utilities import rank_zero_info
 
-from mlplab.callbacks import LayerGradientNorms, TrainBatchImageGrid
-from mlplab.checkpointing import AtomicCheckpointIO, GracefulInterrupt
+from mlplab.callbacks import CSVPredictionWriter, LayerGradientNorms, TrainBatchImageGrid
+from mlplab.checkpointing import AtomicCheckpointIO, GracefulInterrupt, check_checkpoint_file
 from mlplab.data.datamodules import DATAMODULES, InMemoryDataModule
 from mlplab.data.sources import ensure_dataset
 from mlplab.errors import ConfigError, DataError, MLPLabError
 from mlplab.lit_mlp import LitMLP
 
 VERSIONED_LOGGERS = ("lightning.pytorch.loggers.TensorBoardLogger", "lightning.pytorch.loggers.CSVLogger")
-OTHER_COMMANDS = "Other commands: `mlplab data download --dataset {mnist,fashion_mnist,all}` fetches and verifies the data."
+OTHER_COMMANDS = (
+    "Other commands: `mlplab data download --dataset {mnist,fashion_mnist,all}` fetches and verifies the data; "
+    "`mlplab export --ckpt_path CKPT --format {state_dict,safetensors,torchscript,onnx}` exports a trained model."
+)
 
 
 def _class_default(cls: type, **init_args: Any) -> dict[str, Any]:
@@ -62,6 +64,7 @@ OPTIONAL_CALLBACKS: dict[str, tuple[type[Callback], dict[str, Any]]] = {
     "last_checkpoint": (ModelCheckpoint, {"monitor": None, "save_top_k": 1, "filename": "last", "enable_version_counter": False}),
     "early_stopping": (EarlyStopping, {"monitor": "val/loss", "mode": "min", "patience": 5}),
     "lr_monitor": (LearningRateMonitor, {"logging_interval": "step"}),
+    "prediction_writer": (CSVPredictionWriter, {"output": "predictions.csv"}),  # acts only in `mlplab predict`
 }
 # off unless a config switches them on (`gradient_norms: {class_path: mlplab.callbacks.LayerGradientNorms}`)
 OFF_BY_DEFAULT_CALLBACKS: dict[str, type[Callback]] = {"gradient_norms": LayerGradientNorms}
@@ -248,27 +251,17 @@ class MLPLabCLI(LightningCLI):
         print(f"mlplab: {values} ckpt={ckpt}", flush=True)
 
 
-def check_checkpoint_file(path: str | os.PathLike) -> None:
-    """ConfigError unless ``path`` is an existing checkpoint that loads with ``torch.load(weights_only=True)``.
+def export_command(argv: Sequence[str]) -> None:
+    """``mlplab export``: write a checkpoint's model as state_dict, safetensors, TorchScript or ONNX."""
+    from mlplab.export import FORMATS, export_checkpoint
 
-    Unpickling runs code named in the file; weights-only loading accepts only tensors and plain
-    data, which is all mlplab's checkpoints hold. Remote URLs are left to Lightning.
-    """
-    if "://" in str(path):
-        return
-    if not Path(path).is_file():
-        raise ConfigError(f"ckpt_path={str(path)!r} does not exist. Give the path of a .ckpt file, or 'last' to resume this config's newest run.")
-    try:
-        torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as err:
-        first_line = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise ConfigError(
-            f"ckpt_path={str(path)!r} was refused: it holds pickled Python objects beyond tensors and plain data, which could run "
-            f"code when loaded ({first_line}). mlplab's checkpoints never need that; only load files from a source you trust, "
-            "and re-save them as a plain state_dict."
-        ) from err
-    except (RuntimeError, EOFError, OSError) as err:
-        raise ConfigError(f"ckpt_path={str(path)!r} is not a readable checkpoint (truncated, or not a PyTorch file): {err}") from err
+    parser = argparse.ArgumentParser(prog="mlplab export", description="Export a checkpoint's model (pre-processing included) for inference.")
+    parser.add_argument("--ckpt_path", required=True, help="A checkpoint written by mlplab fit.")
+    parser.add_argument("--format", choices=list(FORMATS), default="state_dict")
+    parser.add_argument("--output", default=None, help="Output file (default: the checkpoint's path with the format's suffix).")
+    options = parser.parse_args(list(argv))
+    path = export_checkpoint(options.ckpt_path, options.format, options.output)
+    print(f"mlplab: exported {options.ckpt_path} as {options.format} to {path}", flush=True)
 
 
 def data_command(argv: Sequence[str]) -> None:
@@ -319,6 +312,8 @@ def main(args: Sequence[str] | None = None) -> None:
     try:
         if argv[:1] == ["data"]:
             data_command(argv[1:])
+        elif argv[:1] == ["export"]:
+            export_command(argv[1:])
         else:
             MLPLabCLI(args=None if args is None else argv)
     except (MLPLabError, argparse.ArgumentError) as err:

@@ -11,9 +11,11 @@ from __future__ import annotations
 
 import math
 import os
+from pathlib import Path
 from typing import Any, ClassVar, Literal
 
 import torch
+import torchvision
 from lightning.pytorch import LightningDataModule
 from torch import Tensor
 from torch.utils.data import DataLoader, TensorDataset
@@ -47,6 +49,7 @@ class InMemoryDataModule(LightningDataModule):
         self.train_group = 1
         self.train_loader: TensorBatchLoader | None = None
         self.train_position: dict[str, int] | None = None  # restored from a checkpoint, for the next train loader
+        self.predict_names: list[str] | None = None  # file names of the samples predict runs on, when not a split
 
     def group_train_batches(self, group: int) -> None:
         """Serve ``group`` consecutive training batches per iteration (a list), for several optimizer steps per call.
@@ -172,6 +175,8 @@ class IDXDataModule(InMemoryDataModule):
         eval_batch_size: batch size for validation/test/predict. Evaluation takes no optimizer
             step, so larger batches only save per-batch overhead (default 1024).
         test_split: the split that ``test`` and ``predict`` use: ``test`` (default), ``train`` or ``val``.
+        predict_dir: a folder of grayscale PNG files of the data's image size: ``predict`` then
+            runs on them (sorted by name, pixels scaled to [0, 1] like the IDX images) instead of ``test_split``.
     """
 
     source: ClassVar[DatasetSource]
@@ -194,8 +199,11 @@ class IDXDataModule(InMemoryDataModule):
         download: bool = True,
         eval_batch_size: int | None = 1024,
         test_split: Literal["train", "val", "test"] = "test",
+        predict_dir: str | None = None,
     ) -> None:
         super().__init__()
+        if predict_dir is not None and not Path(predict_dir).is_dir():
+            raise ConfigError(f"data.predict_dir={predict_dir!r} is not a folder; give a folder of {self.input_shape[1]}x{self.input_shape[2]} PNG files.")
         if isinstance(normalize, bool):
             normalize = "standardize" if normalize else "none"
         if normalize not in PREPROCESSING:
@@ -271,6 +279,24 @@ class IDXDataModule(InMemoryDataModule):
             return [(self.augment(images), targets) for images, targets in batch]
         images, targets = batch
         return self.augment(images), targets
+
+    def predict_dataloader(self) -> TensorBatchLoader | DataLoader:
+        """The ``test_split``, or the PNG files of ``predict_dir`` (their names in :attr:`predict_names`)."""
+        if self.hparams.get("predict_dir") is None:
+            return super().predict_dataloader()
+        paths = sorted(Path(self.hparams.predict_dir).glob("*.png"))
+        if not paths:
+            raise DataError(f"data.predict_dir={self.hparams.predict_dir!r} holds no .png files.")
+        images = []
+        for path in paths:
+            image = torchvision.io.decode_image(str(path), mode=torchvision.io.ImageReadMode.GRAY)
+            if tuple(image.shape) != self.input_shape:
+                raise DataError(f"{path} is {tuple(image.shape[1:])} pixels; this data set's images are {self.input_shape[1:]}.")
+            images.append(image)
+        self.predict_names = [path.name for path in paths]
+        x = torch.stack(images).float().div_(255)
+        return TensorBatchLoader((x.to(self._device()),), self.hparams.eval_batch_size or len(x))
+
 
 class MNISTDataModule(IDXDataModule):
     """MNIST handwritten digits: 60k training (minus ``val_size`` for validation) and 10k test images."""

@@ -22,6 +22,7 @@ def short_run(real_mnist, tmp_path_factory) -> dict:
         MLPLAB, "fit", "--config", "configs/mnist.yaml",
         "--trainer.max_epochs=2", "--trainer.limit_train_batches=30", "--trainer.limit_val_batches=5",
         "--trainer.log_every_n_steps=10", "--trainer.enable_progress_bar=false",
+        "--gradient_norms=mlplab.callbacks.LayerGradientNorms", "--gradient_norms.every_n_steps=20", "--gradient_norms.histograms=true",
         f"--trainer.logger.init_args.save_dir={logs}", f"--data.data_dir={REAL_DATA_DIR}",
     ]
     result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=600)
@@ -38,13 +39,21 @@ def test_fit_writes_checkpoints_and_prints_the_result_line(short_run):
     assert 0.5 < short_run["acc"] <= 1.0  # 60 steps of Adam on MNIST: far above chance
 
 
-def test_tensorboard_has_scalars_image_and_hparams(short_run):
-    events = EventAccumulator(str(short_run["logs"] / "mnist" / "version_0"), size_guidance={"scalars": 0})
+def test_tensorboard_has_scalars_images_histograms_and_hparams(short_run):
+    events = EventAccumulator(str(short_run["logs"] / "mnist" / "version_0"), size_guidance={"scalars": 0, "histograms": 0})
     events.Reload()
     scalars = set(events.Tags()["scalars"])
     expected = {"train/loss", "train/acc", "val/loss", "val/acc", "val/acc_best", "test/acc", "test/loss", "lr-Adam", "hp_metric"}
     assert expected <= scalars, expected - scalars
-    assert "train/batch" in events.Tags()["images"]
+    assert {"train/batch", "test/confusion_matrix", "test/misclassified"} <= set(events.Tags()["images"])
+    assert {"grad_norm/net.hidden.0.branch.0.weight", "grad_norm/net.output.weight"} <= scalars
+    histograms = set(events.Tags()["histograms"])
+    expected_histograms = {"weights/net.hidden.0.branch.0.weight", "gradients/net.output.weight", "activations/hidden.0", "activations/hidden.1"}
+    assert expected_histograms <= histograms, histograms
+    steps = events.Scalars("train/optimizer_steps")[-1].value
+    assert [e.step for e in events.Histograms("weights/net.output.weight")] == list(range(0, int(steps), 20))  # every 20th step
+    confusion = events.Images("test/confusion_matrix")[-1]
+    assert confusion.width > 300 and confusion.height > 300
     assert "hparams" in " ".join(events.PluginTagToContent("hparams")) or events.PluginTagToContent("hparams")
     assert events.Scalars("test/acc")[-1].value == pytest.approx(short_run["acc"], abs=1e-4)
     assert events.Scalars("hp_metric")[-1].value == pytest.approx(events.Scalars("val/acc_best")[-1].value)

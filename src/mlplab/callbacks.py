@@ -11,6 +11,7 @@ from lightning.pytorch import Callback, LightningModule, Trainer
 from lightning.pytorch.callbacks import BasePredictionWriter
 from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.utilities import rank_zero_info
+from torchmetrics.classification import MulticlassConfusionMatrix
 
 from mlplab.data.idx import atomic_write_bytes
 
@@ -44,23 +45,112 @@ class TrainBatchImageGrid(Callback):
 
 
 class LayerGradientNorms(Callback):
-    """Log the L2 norm of each weight matrix's gradient as ``grad_norm/<parameter name>``.
+    """Log the L2 norm of each weight matrix's gradient as ``grad_norm/<parameter name>``, optionally histograms.
 
     Seed 003's vanishing gradients show at a glance: in a deep sigmoid net the first layers'
     norms sit orders of magnitude below the last layer's. Logged on every ``every_n_steps``-th
-    optimizer step, before gradient clipping.
+    optimizer step, before gradient clipping. With ``histograms=True`` (and a TensorBoard
+    logger) the same steps also add histograms of every weight matrix (``weights/…``), its
+    gradient (``gradients/…``) and each hidden block's output on that step's batch (``activations/hidden.<i>``).
     """
 
-    def __init__(self, every_n_steps: int = 50) -> None:
+    def __init__(self, every_n_steps: int = 50, histograms: bool = False) -> None:
         if every_n_steps <= 0:
             raise ValueError(f"every_n_steps must be positive, got {every_n_steps}")
-        self.every_n_steps = every_n_steps
+        self.every_n_steps, self.histograms = every_n_steps, histograms
+        self.activations: dict[str, torch.Tensor] = {}
+        self.hook_handles: list[Any] = []
+
+    def on_fit_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        if self.histograms and isinstance(trainer.logger, TensorBoardLogger) and hasattr(pl_module, "net"):
+            for index, block in enumerate(pl_module.net.hidden):
+                self.hook_handles.append(block.register_forward_hook(self._keep_output(f"activations/hidden.{index}")))
+
+    def _keep_output(self, tag: str) -> Any:
+        def hook(module: Any, inputs: Any, output: torch.Tensor) -> None:
+            if module.training:
+                self.activations[tag] = output.detach()  # a reference, replaced every step: no copy
+
+        return hook
 
     def on_before_optimizer_step(self, trainer: Trainer, pl_module: LightningModule, optimizer: Any) -> None:
         if trainer.global_step % self.every_n_steps:
             return
-        norms = {f"grad_norm/{name}": p.grad.detach().norm() for name, p in pl_module.named_parameters() if p.grad is not None and p.ndim > 1}
-        pl_module.log_dict(norms, on_step=True, on_epoch=False)
+        weights = {name: p for name, p in pl_module.named_parameters() if p.grad is not None and p.ndim > 1}
+        pl_module.log_dict({f"grad_norm/{name}": p.grad.detach().norm() for name, p in weights.items()}, on_step=True, on_epoch=False)
+        if self.hook_handles and trainer.is_global_zero:
+            experiment = trainer.logger.experiment
+            for name, p in weights.items():
+                experiment.add_histogram(f"weights/{name}", p.detach(), trainer.global_step)
+                experiment.add_histogram(f"gradients/{name}", p.grad.detach(), trainer.global_step)
+            for tag, values in self.activations.items():
+                experiment.add_histogram(tag, values, trainer.global_step)
+
+    def teardown(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
+        for handle in self.hook_handles:
+            handle.remove()
+        self.hook_handles, self.activations = [], {}
+
+
+class TestDiagnostics(Callback):
+    """At the end of ``test`` (multi-class models, TensorBoard logger): a confusion-matrix figure and misclassified images.
+
+    Logs ``test/confusion_matrix`` (torchmetrics' plot, rows = true class) and
+    ``test/misclassified``, a grid of up to ``max_images`` wrongly classified test images titled
+    ``predicted / true`` (under DDP: the matrix counts every rank's samples, the grid rank 0's).
+    """
+
+    __test__ = False  # not a pytest test class despite its name
+
+    def __init__(self, max_images: int = 36) -> None:
+        self.max_images = max_images
+        self.confusion: MulticlassConfusionMatrix | None = None
+        self.wrong: list[tuple[torch.Tensor, int, int]] = []
+
+    def _active(self, trainer: Trainer, pl_module: LightningModule) -> bool:
+        return isinstance(trainer.logger, TensorBoardLogger) and pl_module.hparams.get("task") == "multiclass"
+
+    def on_test_epoch_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        self.wrong = []
+        self.confusion = MulticlassConfusionMatrix(pl_module.hparams.num_classes).to(pl_module.device) if self._active(trainer, pl_module) else None
+
+    def on_test_batch_end(self, trainer: Trainer, pl_module: LightningModule, outputs: Any, batch: Any, batch_idx: int, dataloader_idx: int = 0) -> None:
+        if self.confusion is None or outputs is None:
+            return
+        images, targets = batch
+        predicted = outputs.argmax(1)
+        self.confusion.update(predicted, targets)
+        for index in (predicted != targets).nonzero().flatten()[: self.max_images - len(self.wrong)].tolist():
+            self.wrong.append((images[index].detach().cpu(), int(predicted[index]), int(targets[index])))
+
+    def on_test_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        if self.confusion is None:
+            return
+        matrix = self.confusion.compute()  # synchronised across processes: every rank takes part
+        if not trainer.is_global_zero:
+            return
+        import matplotlib
+
+        matplotlib.use("Agg")
+        from matplotlib import pyplot as plt
+
+        classes = list(getattr(trainer.datamodule, "classes", ()) or range(pl_module.hparams.num_classes))
+        experiment, step = trainer.logger.experiment, trainer.global_step
+        figure, _ = self.confusion.plot(val=matrix, labels=[str(c) for c in classes])
+        figure.set_size_inches(8, 8)
+        experiment.add_figure("test/confusion_matrix", figure, step)
+        if self.wrong:
+            columns = 6
+            rows = -(-len(self.wrong) // columns)
+            figure, axes = plt.subplots(rows, columns, figsize=(columns * 1.4, rows * 1.6), squeeze=False)
+            for axis in axes.flat:
+                axis.axis("off")
+            for axis, (image, predicted, target) in zip(axes.flat, self.wrong, strict=False):
+                axis.imshow(image.reshape(-1, image.shape[-1]).numpy(), cmap="gray")
+                axis.set_title(f"{classes[predicted]} / {classes[target]}", fontsize=8)
+            figure.tight_layout()
+            experiment.add_figure("test/misclassified", figure, step)
+        plt.close("all")
 
 
 class CSVPredictionWriter(BasePredictionWriter):

@@ -35,7 +35,7 @@ from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.plugins.io import CheckpointIO
 from lightning.pytorch.utilities import rank_zero_info
 
-from mlplab.callbacks import CSVPredictionWriter, LayerGradientNorms, TrainBatchImageGrid
+from mlplab.callbacks import CSVPredictionWriter, LayerGradientNorms, TestDiagnostics, TrainBatchImageGrid
 from mlplab.checkpointing import AtomicCheckpointIO, GracefulInterrupt, check_checkpoint_file
 from mlplab.data.datamodules import DATAMODULES, InMemoryDataModule
 from mlplab.data.sources import ensure_dataset
@@ -77,7 +77,7 @@ class MLPLabCLI(LightningCLI):
         kwargs.setdefault("trainer_defaults", {
             "logger": _class_default(TensorBoardLogger, save_dir="logs", name="mlplab"),
             # redraw every 5 calls, not every call: a redraw costs about as much as a small MLP's step
-            "callbacks": [TrainBatchImageGrid(), TQDMProgressBar(refresh_rate=5), GracefulInterrupt()],
+            "callbacks": [TrainBatchImageGrid(), TestDiagnostics(), TQDMProgressBar(refresh_rate=5), GracefulInterrupt()],
         })
         self.claimed_log_dir: Path | None = None
         try:

@@ -177,6 +177,7 @@ class LitMLP(LightningModule):
         self.epoch_start_step = 0
         self.scheduler_interval = lr_scheduler_interval
         self.pending_train_outputs: list[tuple[Tensor, int, Tensor, Tensor]] = []
+        self.last_outputs: Tensor | None = None  # the latest batch's outputs (detached), returned by test_step
         self.steps_since_grad_norm = 0
         self.plain_backward = False
         self.plain_optimizer_step = False
@@ -233,6 +234,7 @@ class LitMLP(LightningModule):
         """
         x, y = batch
         outputs = self(x)
+        self.last_outputs = outputs.detach()
         y = self._targets(y, outputs)
         loss = self.criterion(outputs, y)
         metric_input = outputs.detach() if self.hparams.task != "multilabel" else outputs.detach().sigmoid()
@@ -521,8 +523,10 @@ class LitMLP(LightningModule):
         self.log(f"{self.headline_key}_best", best, sync_dist=True)
         self.log("hp_metric", best, sync_dist=True)
 
-    def test_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
+    def test_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
+        """Updates the test metrics; returns the batch's outputs for callbacks (e.g. the confusion matrix)."""
         self._step(batch, "test")
+        return self.last_outputs
 
     def on_test_epoch_end(self) -> None:
         self._log_epoch_metrics("test")

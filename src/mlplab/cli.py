@@ -45,7 +45,8 @@ from mlplab.lit_mlp import LitMLP
 VERSIONED_LOGGERS = ("lightning.pytorch.loggers.TensorBoardLogger", "lightning.pytorch.loggers.CSVLogger")
 OTHER_COMMANDS = (
     "Other commands: `mlplab data download --dataset {mnist,fashion_mnist,all}` fetches and verifies the data; "
-    "`mlplab export --ckpt_path CKPT --format {state_dict,safetensors,torchscript,onnx}` exports a trained model."
+    "`mlplab export --ckpt_path CKPT --format {state_dict,safetensors,torchscript,onnx}` exports a trained model; "
+    "`mlplab sweep --grid KEY=V1,V2 [--grid ...] --config ...` runs a grid of fits and tabulates them."
 )
 
 
@@ -314,6 +315,10 @@ def main(args: Sequence[str] | None = None) -> None:
             data_command(argv[1:])
         elif argv[:1] == ["export"]:
             export_command(argv[1:])
+        elif argv[:1] == ["sweep"]:
+            from mlplab.sweep import sweep_command
+
+            sweep_command(argv[1:])
         else:
             MLPLabCLI(args=None if args is None else argv)
     except (MLPLabError, argparse.ArgumentError) as err:

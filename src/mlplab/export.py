@@ -17,8 +17,6 @@ Files are written to a temporary name and renamed: a failed export leaves no par
 from __future__ import annotations
 
 import json
-import tempfile
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +24,7 @@ import torch
 from torch import Tensor, nn
 
 from mlplab.checkpointing import check_checkpoint_file
+from mlplab.data.idx import atomic_write
 from mlplab.errors import ConfigError
 from mlplab.lit_mlp import LitMLP
 
@@ -59,14 +58,6 @@ def architecture(hparams: dict[str, Any]) -> dict[str, Any]:
     return {key: hparams[key] for key in ARCHITECTURE_KEYS if key in hparams}
 
 
-def _write_atomically(path: Path, write: Callable[[Path], None]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=path.parent, prefix=f".{path.name}.") as scratch:
-        temporary = Path(scratch) / path.name
-        write(temporary)
-        temporary.replace(path)
-
-
 def export_checkpoint(ckpt_path: str | Path, fmt: str, output: str | Path | None = None) -> Path:
     """Write the checkpoint's model in format ``fmt`` to ``output`` (default: the checkpoint's path with the format's suffix)."""
     if fmt not in FORMATS:
@@ -78,18 +69,18 @@ def export_checkpoint(ckpt_path: str | Path, fmt: str, output: str | Path | None
     hparams = architecture(dict(model.hparams))
     example = torch.rand(2, raw_input_size(model))
     if fmt == "state_dict":
-        _write_atomically(output, lambda path: torch.save({"state_dict": state, "hyper_parameters": hparams}, path))
+        atomic_write(output, lambda path: torch.save({"state_dict": state, "hyper_parameters": hparams}, path))
     elif fmt == "safetensors":
         from safetensors.torch import save_file
 
-        _write_atomically(output, lambda path: save_file(state, str(path), metadata={"mlplab_hyper_parameters": json.dumps(hparams)}))
+        atomic_write(output, lambda path: save_file(state, str(path), metadata={"mlplab_hyper_parameters": json.dumps(hparams)}))
     elif fmt == "torchscript":
         with torch.no_grad():
             traced = torch.jit.trace(InferenceModel(model), example)
-        _write_atomically(output, lambda path: torch.jit.save(traced, str(path)))
+        atomic_write(output, lambda path: torch.jit.save(traced, str(path)))
     else:
         batch = torch.export.Dim("batch", min=1)
-        _write_atomically(output, lambda path: torch.onnx.export(
+        atomic_write(output, lambda path: torch.onnx.export(
             InferenceModel(model), (example,), str(path), input_names=["input"], output_names=["output"],
             dynamic_shapes=({0: batch},), dynamo=True, external_data=False, verbose=False,
         ))

@@ -13,6 +13,7 @@ from __future__ import annotations
 import gzip
 import os
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -96,14 +97,17 @@ def write_idx(path: str | os.PathLike, tensor: torch.Tensor) -> Path:
     return path
 
 
-def atomic_write_bytes(path: Path, payload: bytes) -> None:
-    """Write ``payload`` to ``path`` through a temporary file and a rename, so readers never see half a file."""
+def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
+    """Create ``path`` all at once: ``write`` fills a temporary file beside it, which is synced and renamed over ``path``.
+
+    Readers never see half a file, and a failure or a kill leaves any previous ``path`` as it was.
+    """
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".part")
+    os.close(fd)
     try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(payload)
-            handle.flush()
+        write(Path(tmp))
+        with open(tmp, "rb+") as handle:
             os.fsync(handle.fileno())
         umask = os.umask(0)
         os.umask(umask)
@@ -112,3 +116,8 @@ def atomic_write_bytes(path: Path, payload: bytes) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def atomic_write_bytes(path: Path, payload: bytes) -> None:
+    """:func:`atomic_write` of ``payload``."""
+    atomic_write(path, lambda tmp: tmp.write_bytes(payload))

@@ -107,3 +107,14 @@ def test_setup_rejects_val_size_not_smaller_than_training_set(tiny_dm_factory):
     dm = tiny_dm_factory(val_size=240)
     with pytest.raises(ConfigError, match=r"data.val_size=240 must be smaller than the 240 training samples"):
         dm.setup("fit")
+
+
+def test_batches_reach_the_device_without_copies(tiny_dm_factory):
+    dm = tiny_dm_factory(batch_size=30)
+    dm.setup()
+    dm.group_train_batches(3)
+    group = next(iter(dm.train_dataloader()))
+    moved = dm.transfer_batch_to_device(group, torch.device("cpu"), 0)
+    assert len(moved) == 3 and all(a is b for batch, same in zip(group, moved, strict=True) for a, b in zip(batch, same, strict=True))
+    # anything else is Lightning's business (here: a dict of tensors)
+    assert dm.transfer_batch_to_device({"x": group[0][0]}, torch.device("cpu"), 0)["x"] is group[0][0]

@@ -111,3 +111,17 @@ def test_bf16_mixed_precision_trains_with_several_steps_per_call(tiny_dm_factory
     assert trainer.global_step == 14 and torch.isfinite(trainer.callback_metrics["train/loss"])
     assert all(p.dtype == torch.float32 for p in model.parameters())  # mixed precision keeps fp32 weights
     assert trainer.callback_metrics["val/acc"] > 0.5
+
+
+@pytest.mark.parametrize("steps_per_call", [1, 4])
+def test_grad_norm_is_logged_at_the_same_optimizer_steps_grouped_or_not(tiny_dm_factory, tmp_path, steps_per_call):
+    logged_at = []
+
+    class RecordsGradNormSteps(Callback):
+        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+            if "train/grad_norm" in trainer.callback_metrics:
+                logged_at.append(pl_module.grad_norm_logged_at)
+
+    train(tiny_dm_factory, tmp_path, steps_per_call, epochs=2, trainer_kwargs={"log_every_n_steps": 5, "callbacks": [RecordsGradNormSteps()]})
+    # 14 optimizer steps (0..13): the first and every 5th
+    assert sorted(set(logged_at)) == [0, 5, 10]

@@ -177,8 +177,7 @@ class LitMLP(LightningModule):
         self.epoch_start_step = 0
         self.scheduler_interval = lr_scheduler_interval
         self.pending_train_outputs: list[tuple[Tensor, int, Tensor, Tensor]] = []
-        self.last_outputs: Tensor | None = None  # the latest batch's outputs (detached), returned by test_step
-        self.steps_since_grad_norm = 0
+        self.grad_norm_logged_at = -1  # global_step of the latest train/grad_norm (LBFGS calls the hook per closure)
         self.plain_backward = False
         self.plain_optimizer_step = False
         self.net_compiled = False
@@ -226,24 +225,24 @@ class LitMLP(LightningModule):
     def _targets(self, y: Tensor, outputs: Tensor) -> Tensor:
         return y if self.hparams.task == "multiclass" else y.to(outputs.dtype).view_as(outputs)
 
-    def _step(self, batch: tuple[Tensor, Tensor], stage: str) -> Tensor:
-        """Loss of one batch; its outputs go to the stage's metrics (logged once per epoch: self.log is costly).
+    def _step(self, batch: tuple[Tensor, Tensor], stage: str) -> tuple[Tensor, Tensor]:
+        """Loss and (detached) outputs of one batch; the outputs go to the stage's metrics (logged once per epoch: self.log is costly).
 
         Training outputs are buffered and handed to the metrics once per call (:meth:`_update_train_metrics`):
         a torchmetrics update costs as much as a small MLP's step, and these metrics are additive over batches.
         """
         x, y = batch
         outputs = self(x)
-        self.last_outputs = outputs.detach()
         y = self._targets(y, outputs)
         loss = self.criterion(outputs, y)
-        metric_input = outputs.detach() if self.hparams.task != "multilabel" else outputs.detach().sigmoid()
+        detached = outputs.detach()
+        metric_input = detached if self.hparams.task != "multilabel" else detached.sigmoid()
         record = (loss.detach(), len(y), metric_input, y.int() if self.hparams.task == "multilabel" else y)
         if stage == "train":
             self.pending_train_outputs.append(record)
         else:
             self._update_metrics(stage, [record])
-        return loss
+        return loss, detached
 
     def _update_metrics(self, stage: str, records: list[tuple[Tensor, int, Tensor, Tensor]]) -> None:
         losses, sizes, outputs, targets = zip(*records, strict=True)
@@ -328,7 +327,6 @@ class LitMLP(LightningModule):
         self.val_best.reset()
         self.plain_backward = not self._backward_needs_lightning()
         self.plain_optimizer_step = not self._optimizer_step_needs_lightning()
-        self.steps_since_grad_norm = self.trainer.log_every_n_steps - 1  # log at the first step
 
     def on_train_epoch_start(self) -> None:
         # (not called when a fit resumes mid-epoch: the restored counters and metric sums then carry on)
@@ -354,7 +352,6 @@ class LitMLP(LightningModule):
             "torch_rng_state": torch.get_rng_state(),
             "cuda_rng_states": torch.cuda.get_rng_state_all() if torch.cuda.is_initialized() else [],
             "epoch_start_step": self.epoch_start_step,
-            "steps_since_grad_norm": self.steps_since_grad_norm,
             "metric_states": metric_states,
         }
 
@@ -367,7 +364,6 @@ class LitMLP(LightningModule):
         if progress["cuda_rng_states"] and torch.cuda.is_available():
             torch.cuda.set_rng_state_all(progress["cuda_rng_states"])
         self.epoch_start_step = progress["epoch_start_step"]
-        self.steps_since_grad_norm = progress["steps_since_grad_norm"]
         for name, metric in self._resumable_metrics().items():
             metric.persistent(True)
             metric.load_state_dict(progress["metric_states"][name])
@@ -391,7 +387,7 @@ class LitMLP(LightningModule):
 
     def training_loss(self, batch: tuple[Tensor, Tensor]) -> Tensor:
         """The loss one optimizer step minimises on ``batch``: data loss plus weight penalties."""
-        loss = self._step(batch, "train")
+        loss, _ = self._step(batch, "train")
         for name, penalty in self.weight_penalties().items():
             self.log(f"train/{name}", penalty, on_step=False, on_epoch=True)
             loss = loss + penalty
@@ -498,10 +494,10 @@ class LitMLP(LightningModule):
             scheduler.step()
 
     def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
-        """Log the global L2 norm of the gradients (before any clipping) every ``log_every_n_steps`` optimizer steps."""
-        self.steps_since_grad_norm += 1
-        if self.steps_since_grad_norm >= self.trainer.log_every_n_steps:
-            self.steps_since_grad_norm = 0
+        """Log the global L2 norm of the gradients (before any clipping) at the first and every ``log_every_n_steps``-th optimizer step."""
+        step = self.global_step
+        if step % self.trainer.log_every_n_steps == 0 and step != self.grad_norm_logged_at:
+            self.grad_norm_logged_at = step
             grads = [p.grad for p in self.parameters() if p.grad is not None]
             if grads:
                 self.log("train/grad_norm", torch.nn.utils.get_total_norm(grads), on_step=True, on_epoch=False)
@@ -525,8 +521,7 @@ class LitMLP(LightningModule):
 
     def test_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
         """Updates the test metrics; returns the batch's outputs for callbacks (e.g. the confusion matrix)."""
-        self._step(batch, "test")
-        return self.last_outputs
+        return self._step(batch, "test")[1]
 
     def on_test_epoch_end(self) -> None:
         self._log_epoch_metrics("test")

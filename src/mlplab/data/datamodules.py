@@ -100,6 +100,22 @@ class InMemoryDataModule(LightningDataModule):
             return torch.device("cpu")
         return self.trainer.strategy.root_device
 
+    def transfer_batch_to_device(self, batch: Any, device: torch.device, dataloader_idx: int) -> Any:
+        """Move a batch (tensors, tuples of tensors, or a list of such tuples for grouped steps) with one ``.to`` per tensor.
+
+        Lightning's generic transfer walks any collection with ``apply_to_collection``: about 0.4 ms
+        for a group of 16 batches, as much as a small MLP's optimizer step. These batches have a
+        known shape; with the data already on the model's device (see :meth:`setup`) each ``.to``
+        returns its tensor unchanged. Anything else goes to Lightning's version.
+        """
+        if isinstance(batch, Tensor):
+            return batch.to(device)
+        if isinstance(batch, list):
+            return [self.transfer_batch_to_device(item, device, dataloader_idx) for item in batch]
+        if isinstance(batch, tuple) and all(isinstance(item, Tensor) for item in batch):
+            return tuple(item.to(device) for item in batch)
+        return super().transfer_batch_to_device(batch, device, dataloader_idx)
+
     def _loader(self, split: str, train: bool) -> TensorBatchLoader | DataLoader:
         if not self.splits:
             raise RuntimeError(f"{type(self).__name__}.setup() must run before asking for the {split} loader.")

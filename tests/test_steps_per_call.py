@@ -24,16 +24,18 @@ CASES = {
         "lr_scheduler": functools.partial(torch.optim.lr_scheduler.ReduceLROnPlateau, patience=0, threshold=10.0),
     },
     "lbfgs": {"optimizer": functools.partial(torch.optim.LBFGS, lr=0.5, max_iter=3)},
+    # random augmentation and dropout draw from one generator: grouped batches are augmented as their step comes
+    "augment+dropout": {"dropout": 0.3, "data_kwargs": {"augment_translate": 0.1, "augment_rotate": 10.0}},
 }
 
 
-def train(tiny_dm_factory, tmp_path, steps_per_call, epochs=3, trainer_kwargs=None, **kwargs):
+def train(tiny_dm_factory, tmp_path, steps_per_call, epochs=3, trainer_kwargs=None, data_kwargs=None, **kwargs):
     seed_everything(7)
     model = LitMLP(hidden_dims=[32, 16], steps_per_call=steps_per_call, **kwargs)
     trainer = quiet_trainer(
         tmp_path / str(steps_per_call), max_epochs=epochs, deterministic=True, enable_checkpointing=False, **(trainer_kwargs or {})
     )
-    trainer.fit(model, datamodule=tiny_dm_factory(batch_size=30))
+    trainer.fit(model, datamodule=tiny_dm_factory(batch_size=30, **(data_kwargs or {})))
     return model, trainer
 
 
@@ -61,7 +63,9 @@ def test_grouped_loader_serves_the_same_batches(tiny_dm_factory):
     grouped = dm.train_dataloader()
     groups = list(grouped)
     assert len(grouped) == 2 and [len(g) for g in groups] == [4, 3]
+    assert grouped.batches_served == 0  # a group gathers its batches only when they are used
     flat = [batch for group in groups for batch in group]
+    assert grouped.batches_served == 7
     assert all(torch.equal(a[1], b[1]) for a, b in zip(single, flat, strict=True))
 
 
@@ -125,3 +129,12 @@ def test_grad_norm_is_logged_at_the_same_optimizer_steps_grouped_or_not(tiny_dm_
     train(tiny_dm_factory, tmp_path, steps_per_call, epochs=2, trainer_kwargs={"log_every_n_steps": 5, "callbacks": [RecordsGradNormSteps()]})
     # 14 optimizer steps (0..13): the first and every 5th
     assert sorted(set(logged_at)) == [0, 5, 10]
+
+
+def test_worker_dataloader_batches_are_single_batches(tiny_dm_factory, tmp_path):
+    # a DataLoader collates (x, y) into a list: one batch, not a group, whatever steps_per_call says
+    seed_everything(7)
+    model = LitMLP(hidden_dims=[16], steps_per_call=4)
+    trainer = quiet_trainer(tmp_path, max_epochs=1, enable_checkpointing=False)
+    trainer.fit(model, datamodule=tiny_dm_factory(batch_size=30, num_workers=1))
+    assert trainer.global_step == 7

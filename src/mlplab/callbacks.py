@@ -14,6 +14,7 @@ from lightning.pytorch.utilities import rank_zero_info
 from torchmetrics.classification import MulticlassConfusionMatrix
 
 from mlplab.data.idx import atomic_write_bytes
+from mlplab.data.loader import BatchGroup
 
 
 class TrainBatchImageGrid(Callback):
@@ -34,9 +35,9 @@ class TrainBatchImageGrid(Callback):
         if self.logged or trainer.global_rank != 0:
             return
         self.logged = True
-        if isinstance(batch, list):  # a group of batches (LitMLP.steps_per_call > 1): show the first
+        if isinstance(batch, BatchGroup):  # a group of batches (LitMLP.steps_per_call > 1): show the first
             batch = batch[0]
-        images = batch[0] if isinstance(batch, tuple) else batch
+        images = batch[0] if isinstance(batch, (tuple, list)) else batch  # (a DataLoader collates into lists)
         tensorboard = next((lg for lg in trainer.loggers if isinstance(lg, TensorBoardLogger)), None)
         if tensorboard is None or images.ndim != 4:
             return

@@ -28,6 +28,7 @@ from torch import Tensor, nn
 from torchmetrics import MaxMetric, Metric, MeanAbsoluteError, MeanMetric, MeanSquaredError, MetricCollection, MinMetric, R2Score
 from torchmetrics.classification import MulticlassAccuracy, MultilabelAccuracy, MultilabelF1Score
 
+from mlplab.data.loader import BatchGroup
 from mlplab.data.preprocessing import Preprocessor
 from mlplab.errors import ConfigError, TrainingDivergedError
 from mlplab.models.mlp import MLP
@@ -327,6 +328,7 @@ class LitMLP(LightningModule):
         self.val_best.reset()
         self.plain_backward = not self._backward_needs_lightning()
         self.plain_optimizer_step = not self._optimizer_step_needs_lightning()
+        self.grad_norm_logged_at = -1
 
     def on_train_epoch_start(self) -> None:
         # (not called when a fit resumes mid-epoch: the restored counters and metric sums then carry on)
@@ -398,7 +400,7 @@ class LitMLP(LightningModule):
         if self.automatic_optimization:
             return self.training_loss(batch)
         optimizer = self.optimizers()
-        for micro_batch in batch if isinstance(batch, list) else [batch]:
+        for micro_batch in batch if isinstance(batch, BatchGroup) else [batch]:
             closure = functools.partial(self._closure, optimizer, micro_batch)
             if self.plain_optimizer_step:
                 self._plain_optimizer_step(optimizer, closure)

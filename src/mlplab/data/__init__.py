@@ -10,12 +10,13 @@ from mlplab.data.datamodules import (
     MultiLabelMNISTDataModule,
 )
 from mlplab.data.idx import read_idx, write_idx
-from mlplab.data.loader import TensorBatchLoader
+from mlplab.data.loader import BatchGroup, TensorBatchLoader
 from mlplab.data.preprocessing import Preprocessor, fit_preprocessor
 from mlplab.data.sources import FASHION_MNIST, MNIST, DatasetSource, IDXFile, ensure_dataset
 from mlplab.data.synthetic import LinearRegressionDataModule, NoisyLineDataModule, SyntheticRegressionDataModule
 
 __all__ = [
+    "BatchGroup",
     "BatchAugment",
     "DATAMODULES",
     "InMemoryDataModule",

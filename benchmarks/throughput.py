@@ -11,28 +11,35 @@ accuracy pass over the 5k validation split, for all three:
 
 The three run alternately, ``--repeats`` times, in this one process; the median seconds per
 epoch (the first epoch of each run is a warm-up and not counted) and peak RSS are printed, with
-the ratios c/b and a/c. Usage::
+the ratios c/b and a/c. ``--breakdown`` then runs (c) once more with timers around its phases
+(training steps, batch gathering, metric updates, validation loop, checkpoint writes) and prints
+milliseconds per epoch for each, the rest being Lightning's loop, callbacks and logging. Usage::
 
-    python benchmarks/throughput.py --repeats 3 --epochs 3
+    python benchmarks/throughput.py --repeats 3 --epochs 3 [--breakdown]
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import resource
 import statistics
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections import defaultdict
+from collections.abc import Callable, Iterator
 
 import torch
 import torchvision
+from lightning.pytorch import Trainer
+from lightning.pytorch.loops.evaluation_loop import _EvaluationLoop
 from torch import nn
 from torch.utils.data import DataLoader, Subset
 
+from mlplab import LitMLP
 from mlplab.cli import MLPLabCLI
-from mlplab.data import DATAMODULES
+from mlplab.data import DATAMODULES, TensorBatchLoader
 
 MODELS = {
     # name: (config, data set, batch size, hidden dims, dropout, optimizer, lr)
@@ -124,6 +131,87 @@ def run_mlplab(config: str, epochs: int, *extra: str) -> list[float]:
     return [b - a for a, b in zip(starts, starts[1:], strict=False)]
 
 
+PHASES = {
+    "training_step (forward, backward, optimizer step, per-step bookkeeping)": (LitMLP, "training_step"),
+    "train metric updates and finiteness check (once per call)": (LitMLP, "on_train_batch_end"),
+    "train epoch-end metrics and logging": (LitMLP, "on_train_epoch_end"),
+    "validation loop (all of it)": (_EvaluationLoop, "run"),
+    "checkpoint writes": (Trainer, "save_checkpoint"),
+}
+
+
+@contextlib.contextmanager
+def phase_timers(totals: dict[str, float]) -> Iterator[None]:
+    """Add the wall time spent in each of ``PHASES`` (and in gathering training batches) to ``totals``.
+
+    Timers wrap whole calls (one per training call, validation run or checkpoint), so they add
+    microseconds per epoch, except the batch gathering timer: about 1 µs per batch.
+    """
+    originals = {name: getattr(owner, attr) for name, (owner, attr) in PHASES.items()}
+    original_batches = TensorBatchLoader.batches
+
+    def timed(name: str, function: Callable) -> Callable:
+        def wrapper(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
+            start = time.perf_counter()
+            try:
+                return function(*args, **kwargs)
+            finally:
+                totals[name] += time.perf_counter() - start
+        return wrapper
+
+    def timed_batches(self):  # noqa: ANN001, ANN202
+        batches = original_batches(self)
+        if not self.sampler.shuffle:  # evaluation slices views; counted in the validation loop
+            yield from batches
+            return
+        while True:
+            start = time.perf_counter()
+            batch = next(batches, None)
+            totals["gathering training batches (randperm, index_select)"] += time.perf_counter() - start
+            if batch is None:
+                return
+            yield batch
+
+    for name, (owner, attr) in PHASES.items():
+        setattr(owner, attr, timed(name, originals[name]))
+    TensorBatchLoader.batches = timed_batches
+    try:
+        yield
+    finally:
+        for name, (owner, attr) in PHASES.items():
+            setattr(owner, attr, originals[name])
+        TensorBatchLoader.batches = original_batches
+
+
+def print_breakdown(config: str, epochs: int) -> None:
+    """Milliseconds per epoch in each phase of (c), from one extra run (its first epoch not counted)."""
+    totals: dict[str, float] = defaultdict(float)
+    warm_up: dict[str, float] = {}
+    with phase_timers(totals):
+        with tempfile.TemporaryDirectory() as logs:
+            cli = MLPLabCLI(
+                args=["--config", config, f"--trainer.max_epochs={epochs}", f"--trainer.logger.init_args.save_dir={logs}", "--test_after_fit=false"],
+                run=False,
+            )
+            starts = time_epochs(cli.model)
+            original_start = cli.model.on_train_epoch_start
+
+            def snapshot_after_warm_up() -> None:
+                original_start()
+                if len(starts) == 2:  # the second epoch begins: what was spent so far is warm-up
+                    warm_up.update(totals)
+
+            cli.model.on_train_epoch_start = snapshot_after_warm_up
+            cli.trainer.fit(cli.model, datamodule=cli.datamodule)
+    counted = len(starts) - 2
+    epoch_ms = (starts[-1] - starts[1]) / counted * 1e3
+    print(f"  breakdown of (c), ms per epoch over {counted} epochs ({epoch_ms:.1f} ms in all):")
+    phases = {name: (totals[name] - warm_up.get(name, 0.0)) / counted * 1e3 for name in totals}
+    for name, value in sorted(phases.items(), key=lambda item: -item[1]):
+        print(f"    {value:7.1f}  {name}")
+    print(f"    {epoch_ms - sum(phases.values()):7.1f}  the rest: Lightning's loop, callbacks, progress bar, TensorBoard")
+
+
 def peak_rss_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
@@ -134,6 +222,7 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=3, help="epochs per run; the first is a warm-up")
     parser.add_argument("--models", nargs="*", default=list(MODELS))
     parser.add_argument("--compile", action="store_true", help="also time (d) mlplab fit --model.compile=true")
+    parser.add_argument("--breakdown", action="store_true", help="then time the phases of one more (c) run")
     args = parser.parse_args()
     sys.argv = sys.argv[:1]  # the in-process mlplab CLI gets its own arguments, not the benchmark's
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, repeats={args.repeats}, epochs/run={args.epochs} (first not counted)")
@@ -160,6 +249,8 @@ def main() -> None:
         print(f"  ratio c/b = {median['c_mlplab_fit'] / median['b_hand_written']:.3f}   ratio a/c = {median['a_seed_pipeline'] / median['c_mlplab_fit']:.2f}")
         if args.compile:
             print(f"  ratio d/c = {median['d_mlplab_compiled'] / median['c_mlplab_fit']:.3f} (compiled vs eager mlplab)")
+        if args.breakdown:
+            print_breakdown(config, args.epochs)
     print(f"\npeak RSS of the benchmark process: {peak_rss_mib():.0f} MiB")
 
 

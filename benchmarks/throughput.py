@@ -131,8 +131,10 @@ def run_mlplab(config: str, epochs: int, *extra: str) -> list[float]:
     return [b - a for a, b in zip(starts, starts[1:], strict=False)]
 
 
+TRAINING_STEP = "training_step: forward, backward, optimizer step, per-step bookkeeping"
+GATHER = "gathering training batches (index_select)"
 PHASES = {
-    "training_step (forward, backward, optimizer step, per-step bookkeeping)": (LitMLP, "training_step"),
+    TRAINING_STEP: (LitMLP, "training_step"),
     "train metric updates and finiteness check (once per call)": (LitMLP, "on_train_batch_end"),
     "train epoch-end metrics and logging": (LitMLP, "on_train_epoch_end"),
     "validation loop (all of it)": (_EvaluationLoop, "run"),
@@ -148,7 +150,7 @@ def phase_timers(totals: dict[str, float]) -> Iterator[None]:
     microseconds per epoch, except the batch gathering timer: about 1 µs per batch.
     """
     originals = {name: getattr(owner, attr) for name, (owner, attr) in PHASES.items()}
-    original_batches = TensorBatchLoader.batches
+    original_start_epoch = TensorBatchLoader._start_epoch
 
     def timed(name: str, function: Callable) -> Callable:
         def wrapper(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
@@ -159,28 +161,21 @@ def phase_timers(totals: dict[str, float]) -> Iterator[None]:
                 totals[name] += time.perf_counter() - start
         return wrapper
 
-    def timed_batches(self):  # noqa: ANN001, ANN202
-        batches = original_batches(self)
+    def start_epoch_with_timed_gather(self):  # noqa: ANN001, ANN202
+        first, gather = original_start_epoch(self)
         if not self.sampler.shuffle:  # evaluation slices views; counted in the validation loop
-            yield from batches
-            return
-        while True:
-            start = time.perf_counter()
-            batch = next(batches, None)
-            totals["gathering training batches (randperm, index_select)"] += time.perf_counter() - start
-            if batch is None:
-                return
-            yield batch
+            return first, gather
+        return first, timed(GATHER, gather)
 
     for name, (owner, attr) in PHASES.items():
         setattr(owner, attr, timed(name, originals[name]))
-    TensorBatchLoader.batches = timed_batches
+    TensorBatchLoader._start_epoch = start_epoch_with_timed_gather
     try:
         yield
     finally:
         for name, (owner, attr) in PHASES.items():
             setattr(owner, attr, originals[name])
-        TensorBatchLoader.batches = original_batches
+        TensorBatchLoader._start_epoch = original_start_epoch
 
 
 def print_breakdown(config: str, epochs: int) -> None:
@@ -207,6 +202,8 @@ def print_breakdown(config: str, epochs: int) -> None:
     epoch_ms = (starts[-1] - starts[1]) / counted * 1e3
     print(f"  breakdown of (c), ms per epoch over {counted} epochs ({epoch_ms:.1f} ms in all):")
     phases = {name: (totals[name] - warm_up.get(name, 0.0)) / counted * 1e3 for name in totals}
+    if not cli.model.automatic_optimization:  # grouped steps gather their batches inside training_step
+        phases[TRAINING_STEP] -= phases[GATHER]
     for name, value in sorted(phases.items(), key=lambda item: -item[1]):
         print(f"    {value:7.1f}  {name}")
     print(f"    {epoch_ms - sum(phases.values()):7.1f}  the rest: Lightning's loop, callbacks, progress bar, TensorBoard")

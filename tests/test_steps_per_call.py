@@ -5,8 +5,10 @@ import functools
 import pytest
 import torch
 from lightning.pytorch import Callback, seed_everything
+from lightning.pytorch.loggers import TensorBoardLogger
 
 from mlplab import LitMLP
+from mlplab.callbacks import TrainBatchImageGrid
 from tests.conftest import quiet_trainer
 
 CASES = {
@@ -138,3 +140,14 @@ def test_worker_dataloader_batches_are_single_batches(tiny_dm_factory, tmp_path)
     trainer = quiet_trainer(tmp_path, max_epochs=1, enable_checkpointing=False)
     trainer.fit(model, datamodule=tiny_dm_factory(batch_size=30, num_workers=1))
     assert trainer.global_step == 7
+
+
+def test_image_grid_of_an_augmented_group_changes_nothing(tiny_dm_factory, tmp_path):
+    # the callback looks at the group's first batch before the step trains on it: one augmentation draw, not two
+    models = [
+        train(tiny_dm_factory, tmp_path / str(k), k, epochs=1, dropout=0.3, data_kwargs={"augment_rotate": 10.0},
+              trainer_kwargs={"logger": TensorBoardLogger(tmp_path / str(k)), "callbacks": [TrainBatchImageGrid()]})[0]
+        for k in (1, 4)
+    ]
+    for (name, a), (_, b) in zip(models[0].state_dict().items(), models[1].state_dict().items(), strict=True):
+        assert torch.equal(a, b), name

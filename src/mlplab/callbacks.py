@@ -35,11 +35,13 @@ class TrainBatchImageGrid(Callback):
         if self.logged or trainer.global_rank != 0:
             return
         self.logged = True
+        tensorboard = next((lg for lg in trainer.loggers if isinstance(lg, TensorBoardLogger)), None)
+        if tensorboard is None:
+            return
         if isinstance(batch, BatchGroup):  # a group of batches (LitMLP.steps_per_call > 1): show the first
             batch = batch[0]
         images = batch[0] if isinstance(batch, (tuple, list)) else batch  # (a DataLoader collates into lists)
-        tensorboard = next((lg for lg in trainer.loggers if isinstance(lg, TensorBoardLogger)), None)
-        if tensorboard is None or images.ndim != 4:
+        if images.ndim != 4:
             return
         grid = torchvision.utils.make_grid(images[: self.max_images].detach().float().cpu(), nrow=8, normalize=True)
         tensorboard.experiment.add_image("train/batch", grid, global_step=trainer.global_step)

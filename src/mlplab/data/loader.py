@@ -81,14 +81,20 @@ class BatchGroup:
 
     def __init__(self, gather: Callable[[int], tuple[Tensor, ...]], indices: range, transforms: tuple[Callable, ...] = ()) -> None:
         self.gather, self.indices, self.transforms = gather, indices, transforms
+        # the latest batch served: asking again (a callback looking at the first batch, then the step
+        # training on it) must not draw the augmentation's random numbers twice
+        self.latest: tuple[int, tuple[Tensor, ...]] | None = None
 
     def __len__(self) -> int:
         return len(self.indices)
 
     def __getitem__(self, position: int) -> tuple[Tensor, ...]:
+        if self.latest is not None and self.latest[0] == position:
+            return self.latest[1]
         batch = self.gather(self.indices[position])
         for transform in self.transforms:
             batch = transform(batch)
+        self.latest = (position, batch)
         return batch
 
     def __iter__(self) -> Iterator[tuple[Tensor, ...]]:

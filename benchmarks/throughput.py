@@ -118,14 +118,18 @@ def run_hand_written(batch: int, model: nn.Module, opt: type, lr: float, epochs:
     return train_epochs(model, opt, lr, epochs, train_batches, val_batches)
 
 
+def mlplab_cli(config: str, epochs: int, logs: str, *extra: str) -> MLPLabCLI:
+    """(c) as the ``mlplab fit`` command builds it, logging under ``logs``, without the final test."""
+    return MLPLabCLI(
+        args=["--config", config, f"--trainer.max_epochs={epochs}", f"--trainer.logger.init_args.save_dir={logs}", "--test_after_fit=false", *extra],
+        run=False,
+    )
+
+
 def run_mlplab(config: str, epochs: int, *extra: str) -> list[float]:
     """Epoch wall times (from one train-epoch start to the next: validation and checkpointing included)."""
     with tempfile.TemporaryDirectory() as logs:
-        cli = MLPLabCLI(
-            args=["--config", config, f"--trainer.max_epochs={epochs}", f"--trainer.logger.init_args.save_dir={logs}",
-                  "--test_after_fit=false", *extra],
-            run=False,
-        )
+        cli = mlplab_cli(config, epochs, logs, *extra)
         starts = time_epochs(cli.model)
         cli.trainer.fit(cli.model, datamodule=cli.datamodule)
     return [b - a for a, b in zip(starts, starts[1:], strict=False)]
@@ -184,10 +188,7 @@ def print_breakdown(config: str, epochs: int) -> None:
     warm_up: dict[str, float] = {}
     with phase_timers(totals):
         with tempfile.TemporaryDirectory() as logs:
-            cli = MLPLabCLI(
-                args=["--config", config, f"--trainer.max_epochs={epochs}", f"--trainer.logger.init_args.save_dir={logs}", "--test_after_fit=false"],
-                run=False,
-            )
+            cli = mlplab_cli(config, epochs, logs)
             starts = time_epochs(cli.model)
             original_start = cli.model.on_train_epoch_start
 

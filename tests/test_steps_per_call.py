@@ -7,7 +7,7 @@ import torch
 from lightning.pytorch import Callback, seed_everything
 from lightning.pytorch.loggers import TensorBoardLogger
 
-from mlplab import LitMLP
+from mlplab import LitMLP, lit_mlp
 from mlplab.callbacks import TrainBatchImageGrid
 from tests.conftest import quiet_trainer
 
@@ -55,6 +55,24 @@ def test_same_weights_steps_and_metrics_as_one_step_per_call(tiny_dm_factory, tm
     assert torch.allclose(trainer_one.callback_metrics["train/loss"], trainer_four.callback_metrics["train/loss"], rtol=1e-6, atol=0)
     lrs = [trainer.optimizers[0].param_groups[0]["lr"] for trainer in (trainer_one, trainer_four)]
     assert lrs[0] == lrs[1]
+
+
+def test_metrics_fed_in_chunks_equal_metrics_fed_once_per_epoch(tiny_dm_factory, tmp_path, monkeypatch):
+    # step outputs wait for one bulk metric update per epoch, or per MAX_PENDING_STEPS steps when there are more
+    def fit_and_test(folder):
+        model, trainer = train(tiny_dm_factory, tmp_path / folder, 4, epochs=2, data_kwargs={"eval_batch_size": 7})
+        fit_metrics = dict(trainer.callback_metrics)
+        trainer.test(model, datamodule=trainer.datamodule, verbose=False)
+        return {**fit_metrics, **trainer.callback_metrics}
+
+    once = fit_and_test("once")  # 7 training steps and 6 validation batches per epoch: one update each
+    monkeypatch.setattr(lit_mlp, "MAX_PENDING_STEPS", 2)
+    chunked = fit_and_test("chunked")
+    assert once.keys() == chunked.keys()
+    for key in ("train/acc", "val/acc", "val/acc_best", "test/acc"):  # counts of correct predictions
+        assert torch.equal(once[key], chunked[key]), key
+    for key in ("train/loss", "val/loss", "test/loss"):  # float64 sums in another grouping
+        assert torch.allclose(once[key], chunked[key], rtol=1e-6, atol=0), key
 
 
 def test_grouped_loader_serves_the_same_batches(tiny_dm_factory):

@@ -37,6 +37,10 @@ Task = Literal["multiclass", "multilabel", "regression"]
 TASKS: tuple[str, ...] = ("multiclass", "multilabel", "regression")
 # per task: the metric that selects the best epoch, and whether higher is better
 HEADLINE_METRIC = {"multiclass": ("acc", "max"), "multilabel": ("acc", "max"), "regression": ("mse", "min")}
+# steps whose outputs may wait for one bulk metric update (bounds the memory they hold)
+MAX_PENDING_STEPS = 256
+# what one step hands to the metrics: loss, batch size, metric input, targets
+StepRecord = tuple[Tensor, int, Tensor, Tensor]
 
 # Lightning's own instantiator for hparams given as class_path/init_args (what LightningCLI saves)
 _CLI_INSTANTIATOR = "lightning.pytorch.cli.instantiate_module"
@@ -177,7 +181,8 @@ class LitMLP(LightningModule):
         self.val_best = MaxMetric() if mode == "max" else MinMetric()
         self.epoch_start_step = 0
         self.scheduler_interval = lr_scheduler_interval
-        self.pending_train_outputs: list[tuple[Tensor, int, Tensor, Tensor]] = []
+        self.pending_outputs: dict[str, list[StepRecord]] = {"train": [], "val": [], "test": []}
+        self.pending_losses_checked = 0  # leading pending training losses already checked finite
         self.grad_norm_logged_at = -1  # global_step of the latest train/grad_norm (LBFGS calls the hook per closure)
         self.plain_backward = False
         self.plain_optimizer_step = False
@@ -229,8 +234,9 @@ class LitMLP(LightningModule):
     def _step(self, batch: tuple[Tensor, Tensor], stage: str) -> tuple[Tensor, Tensor]:
         """Loss and (detached) outputs of one batch; the outputs go to the stage's metrics (logged once per epoch: self.log is costly).
 
-        Training outputs are buffered and handed to the metrics once per call (:meth:`_update_train_metrics`):
-        a torchmetrics update costs as much as a small MLP's step, and these metrics are additive over batches.
+        Outputs are buffered and handed to the metrics in bulk (:meth:`_flush_outputs`: at the epoch's
+        end, before a checkpoint, or every ``MAX_PENDING_STEPS`` steps): a torchmetrics update costs
+        as much as a small MLP's step, and these metrics are additive over batches.
         """
         x, y = batch
         outputs = self(x)
@@ -239,24 +245,33 @@ class LitMLP(LightningModule):
         detached = outputs.detach()
         metric_input = detached if self.hparams.task != "multilabel" else detached.sigmoid()
         record = (loss.detach(), len(y), metric_input, y.int() if self.hparams.task == "multilabel" else y)
-        if stage == "train":
-            self.pending_train_outputs.append(record)
-        else:
-            self._update_metrics(stage, [record])
+        pending = self.pending_outputs[stage]
+        pending.append(record)
+        # (training flushes between calls, in on_train_batch_end, after its losses were checked)
+        if stage != "train" and len(pending) >= MAX_PENDING_STEPS:
+            self._flush_outputs(stage)
         return loss, detached
 
-    def _update_metrics(self, stage: str, records: list[tuple[Tensor, int, Tensor, Tensor]]) -> None:
-        losses, sizes, outputs, targets = zip(*records, strict=True)
+    def _flush_outputs(self, stage: str) -> None:
+        """Hand the stage's buffered step outputs to its metrics in one update (training losses checked finite first)."""
+        pending = self.pending_outputs[stage]
+        if not pending:
+            return
+        if stage == "train":
+            self._check_pending_losses()
+        losses, sizes, outputs, targets = zip(*pending, strict=True)
         getattr(self, f"{stage}_loss").update(torch.stack(losses), weight=torch.tensor(sizes, dtype=torch.float64, device=losses[0].device))
         getattr(self, f"{stage}_metrics").update(torch.cat(outputs), torch.cat(targets))
+        pending.clear()
+        if stage == "train":
+            self.pending_losses_checked = 0
 
-    def _update_train_metrics(self) -> None:
-        """Hand this call's training outputs to the metrics, after checking every step's loss is finite."""
-        if not self.pending_train_outputs:
-            return
-        self._check_finite([record[0] for record in self.pending_train_outputs])
-        self._update_metrics("train", self.pending_train_outputs)
-        self.pending_train_outputs = []
+    def _check_pending_losses(self) -> None:
+        """Check the training losses buffered since the last check (once per call: one host sync, not one per step)."""
+        pending = self.pending_outputs["train"]
+        if len(pending) > self.pending_losses_checked:
+            self._check_finite([record[0] for record in pending[self.pending_losses_checked :]])
+            self.pending_losses_checked = len(pending)
 
     def _check_finite(self, losses: list[Tensor]) -> None:
         """Stop with the step that diverged, before a checkpoint could store non-finite weights.
@@ -278,6 +293,7 @@ class LitMLP(LightningModule):
 
     def _log_epoch_metrics(self, stage: str) -> dict[str, Tensor]:
         """Compute (synchronised across processes by torchmetrics), log and reset the stage's metrics."""
+        self._flush_outputs(stage)
         loss_metric, metrics = getattr(self, f"{stage}_loss"), getattr(self, f"{stage}_metrics")
         values = {f"{stage}/loss": loss_metric.compute().float(), **metrics.compute()}
         loss_metric.reset()
@@ -333,6 +349,8 @@ class LitMLP(LightningModule):
     def on_train_epoch_start(self) -> None:
         # (not called when a fit resumes mid-epoch: the restored counters and metric sums then carry on)
         self.epoch_start_step = self.global_step
+        self.pending_outputs["train"].clear()
+        self.pending_losses_checked = 0
         self.train_loss.reset()
         self.train_metrics.reset()
 
@@ -344,7 +362,7 @@ class LitMLP(LightningModule):
 
         All tensors and plain numbers, so checkpoints stay loadable with ``torch.load(weights_only=True)``.
         """
-        self._update_train_metrics()  # outputs of this call's steps still buffered (callbacks may save before this module's hook)
+        self._flush_outputs("train")  # the metric sums saved must include every step trained so far
         metric_states = {}
         for name, metric in self._resumable_metrics().items():
             metric.persistent(True)
@@ -429,7 +447,9 @@ class LitMLP(LightningModule):
 
     def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
         # once per call in both modes, before validation and checkpointing can see diverged weights
-        self._update_train_metrics()
+        self._check_pending_losses()
+        if len(self.pending_outputs["train"]) >= MAX_PENDING_STEPS:
+            self._flush_outputs("train")
 
     def _closure(self, optimizer: Any, batch: tuple[Tensor, Tensor]) -> Tensor:
         # what Lightning's automatic optimization does per step: zero_grad, forward, backward

@@ -14,7 +14,6 @@ lets Lightning shut down. ``--ckpt_path last`` continues exactly where it stoppe
 
 from __future__ import annotations
 
-import io
 import os
 import pickle
 import signal
@@ -27,7 +26,7 @@ from lightning.pytorch import Callback, LightningModule, Trainer
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 from lightning.pytorch.utilities import rank_zero_info
 
-from mlplab.data.idx import atomic_write_bytes
+from mlplab.data.idx import atomic_write
 from mlplab.errors import ConfigError
 
 
@@ -38,9 +37,8 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         if "://" in str(path):  # remote file systems: Lightning's own writer
             super().save_checkpoint(checkpoint, path, storage_options)
             return
-        buffer = io.BytesIO()
-        torch.save(checkpoint, buffer)
-        atomic_write_bytes(Path(path), buffer.getvalue())
+        # serialised straight into the temporary file: no in-memory copy of the whole checkpoint
+        atomic_write(Path(path), lambda tmp: torch.save(checkpoint, tmp))
 
 
 class GracefulInterrupt(Callback):

@@ -89,7 +89,7 @@ def test_trainer_callbacks_follow_the_config(monkeypatch):
     assert ModelCheckpoint in kinds and TrainBatchImageGrid in kinds
     assert EarlyStopping not in kinds and LearningRateMonitor not in kinds
     assert not any(isinstance(c, ProgressBar) for c in cli.trainer.callbacks)
-    assert cli.model.hparams.steps_per_call == 16 and cli.model.hparams.num_classes == 10
+    assert cli.model.hparams.steps_per_call == 64 and cli.model.hparams.num_classes == 10
 
 
 @pytest.mark.parametrize(

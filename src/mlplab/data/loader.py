@@ -180,17 +180,19 @@ class TensorBatchLoader:
         if self.sampler.shuffle:
             order = self.sampler.permutation().to(self.tensors[0].device)
 
-            def gather(k: int) -> tuple[Tensor, ...]:
-                self.batches_served = max(self.batches_served, k + 1)
+            def cut(k: int) -> tuple[Tensor, ...]:
                 index = order[k * size : (k + 1) * size]
                 return tuple(t.index_select(0, index) for t in self.tensors)
 
         else:
             first, last = self.sampler.contiguous_range()
 
-            def gather(k: int) -> tuple[Tensor, ...]:
-                self.batches_served = max(self.batches_served, k + 1)
+            def cut(k: int) -> tuple[Tensor, ...]:  # views, no copy
                 start = first + k * size
                 return tuple(t[start : min(start + size, last)] for t in self.tensors)
+
+        def gather(k: int) -> tuple[Tensor, ...]:
+            self.batches_served = max(self.batches_served, k + 1)
+            return cut(k)
 
         return skip, gather

@@ -128,6 +128,22 @@ def test_plain_backward_and_step_when_nothing_needs_the_hooks(tiny_dm_factory, t
     assert trainer.callback_metrics["train/grad_norm"].item() > 0  # the module's own hook still runs
 
 
+def test_a_subclass_overriding_on_before_optimizer_step_sees_every_step(tiny_dm_factory, tmp_path):
+    # the plain path hands the known step to the module's own grad-norm logging; an override must still be called
+    class CountsSteps(LitMLP):
+        def on_before_optimizer_step(self, optimizer):
+            self.seen_steps.append(self.global_step)
+            super().on_before_optimizer_step(optimizer)
+
+    seed_everything(7)
+    model = CountsSteps(hidden_dims=[8], steps_per_call=4)
+    model.seen_steps = []
+    trainer = quiet_trainer(tmp_path, max_epochs=2, enable_checkpointing=False, log_every_n_steps=5)
+    trainer.fit(model, datamodule=tiny_dm_factory(batch_size=30))
+    assert model.plain_optimizer_step and not model.own_before_optimizer_step
+    assert model.seen_steps == list(range(14)) and model.grad_norm_logged_at == 10
+
+
 def test_bf16_mixed_precision_trains_with_several_steps_per_call(tiny_dm_factory, tmp_path):
     model, trainer = train(tiny_dm_factory, tmp_path, 4, epochs=2, trainer_kwargs={"precision": "bf16-mixed"},
                            optimizer=functools.partial(torch.optim.Adam, lr=3e-3))

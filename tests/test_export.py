@@ -15,11 +15,11 @@ from .conftest import quiet_trainer
 
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory):
-    """A trained tiny model with a fitted PCA pre-processing (so the export must carry it)."""
+    """A trained tiny model with deskewing and a fitted PCA pre-processing (so the export must carry both)."""
     from .conftest import make_tiny_idx, tiny_datamodule_class
 
     folder = tmp_path_factory.mktemp("export")
-    dm = tiny_datamodule_class(make_tiny_idx(folder / "Tiny" / "raw"))(data_dir=str(folder), val_size=40, batch_size=32, normalize="pca", pca_components=20)
+    dm = tiny_datamodule_class(make_tiny_idx(folder / "Tiny" / "raw"))(data_dir=str(folder), val_size=40, batch_size=32, normalize="pca", pca_components=20, deskew=True)
     model = LitMLP(input_dim=20, hidden_dims=[16], batch_norm=True, dropout=0.2)
     callback = ModelCheckpoint(dirpath=folder / "ckpt", save_last=True)
     quiet_trainer(folder, max_epochs=2, callbacks=[callback]).fit(model, datamodule=dm)

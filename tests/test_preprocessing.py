@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from mlplab import LitMLP
-from mlplab.data.preprocessing import fit_preprocessor, pca_spectrum
+from mlplab.data.preprocessing import Preprocessor, deskew_images, fit_preprocessor, pca_spectrum
 from mlplab.errors import ConfigError
 from tests.conftest import quiet_trainer
 
@@ -63,9 +63,56 @@ def test_datamodule_pca_changes_input_dim_and_validates(tiny_dm_factory):
         tiny_dm_factory(normalize="pca")
 
 
-@pytest.mark.parametrize("kind", ["pca_whiten", "zca_whiten", "scale"])
-def test_fitted_transform_is_restored_from_checkpoint(tiny_dm_factory, tmp_path, kind):
-    dm = tiny_dm_factory(normalize=kind, pca_components=16 if kind == "pca_whiten" else None)
+def _ink_moments(images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Centre of mass (row, col) and row/col covariance of each (N, H, W) image."""
+    rows = torch.arange(images.shape[1], dtype=torch.float64).view(1, -1, 1)
+    cols = torch.arange(images.shape[2], dtype=torch.float64).view(1, 1, -1)
+    ink = images.double()
+    mass = ink.sum((1, 2))
+    row_mean, col_mean = (ink * rows).sum((1, 2)) / mass, (ink * cols).sum((1, 2)) / mass
+    covariance = (ink * (rows - row_mean.view(-1, 1, 1)) * (cols - col_mean.view(-1, 1, 1))).sum((1, 2)) / mass
+    return row_mean, col_mean, covariance
+
+
+def test_deskew_straightens_slanted_strokes_and_centres_them():
+    images = torch.zeros(3, 1, 28, 28)
+    for row in range(4, 24):  # strokes leaning right, leaning left (off-centre), and upright
+        images[0, 0, row, 18 - (row - 4) // 2 : 21 - (row - 4) // 2] = 1
+        images[1, 0, row, 3 + (row - 4) // 3 : 6 + (row - 4) // 3] = 1
+        images[2, 0, row, 12:16] = 1
+    row_before, col_before, covariance_before = _ink_moments(images[:, 0])
+    assert covariance_before[0] < -5 and covariance_before[1] > 5 and col_before[1] < 9
+    row_after, col_after, covariance_after = _ink_moments(deskew_images(images)[:, 0])
+    torch.testing.assert_close(covariance_after, torch.zeros(3, dtype=torch.float64), atol=0.3, rtol=0)
+    torch.testing.assert_close(row_after, torch.full((3,), 13.5, dtype=torch.float64), atol=0.1, rtol=0)
+    torch.testing.assert_close(col_after, torch.full((3,), 13.5, dtype=torch.float64), atol=0.1, rtol=0)
+    # an upright stroke centred on the image is resampled at the pixel centres: unchanged
+    torch.testing.assert_close(deskew_images(images[2:]), images[2:], atol=1e-5, rtol=0)
+    assert deskew_images(torch.zeros(2, 28, 28)).abs().max() == 0  # blank stays blank, (N, H, W) accepted
+
+
+def test_deskewing_preprocessor_fits_on_deskewed_images_and_accepts_flat_inputs():
+    x = torch.rand(200, 1, 28, 28) ** 4
+    preprocessor = fit_preprocessor("standardize", x, deskew=True)
+    deskewed = deskew_images(x).flatten(1)
+    expected = (deskewed - deskewed.double().mean().float()) / deskewed.double().std().float()
+    torch.testing.assert_close(preprocessor(x), expected, atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(preprocessor(x.flatten(1)), expected, atol=1e-4, rtol=1e-4)
+    with pytest.raises(ConfigError, match=r"deskew=True needs single-channel images \(N, 1, H, W\); these inputs have shape \(200, 784\)"):
+        fit_preprocessor("standardize", x.flatten(1), deskew=True)
+
+
+def test_state_dict_saved_before_deskewing_existed_loads_without_deskewing():
+    old = fit_preprocessor("standardize", torch.rand(50, 1, 28, 28)).state_dict()
+    del old["deskew_shape"]
+    restored = Preprocessor()
+    restored.load_state_dict(old)  # strict: the missing buffer means "no deskewing"
+    assert restored.image_size is None and restored.is_fitted
+
+
+@pytest.mark.parametrize(("kind", "deskew"), [("pca_whiten", False), ("zca_whiten", False), ("scale", False), ("standardize", True)])
+def test_fitted_transform_is_restored_from_checkpoint(tiny_dm_factory, tmp_path, kind, deskew):
+    dm = tiny_dm_factory(normalize=kind, pca_components=16 if kind == "pca_whiten" else None, deskew=deskew)
     model = LitMLP(input_dim=dm.input_dim, hidden_dims=[8])
     trainer = quiet_trainer(tmp_path, max_epochs=1)
     trainer.fit(model, datamodule=dm)
@@ -73,4 +120,5 @@ def test_fitted_transform_is_restored_from_checkpoint(tiny_dm_factory, tmp_path,
     restored = LitMLP.load_from_checkpoint(tmp_path / "m.ckpt", weights_only=True).eval()
     x = dm.splits["test"][0][:10]
     assert torch.allclose(restored.preprocessor(x), dm.preprocessor(x), atol=1e-5)
+    assert restored.preprocessor.image_size == ((28, 28) if deskew else None)
     assert torch.allclose(restored(x), model.eval()(x), atol=1e-5)

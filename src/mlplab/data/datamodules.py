@@ -89,7 +89,11 @@ class InMemoryDataModule(LightningDataModule):
                 f"use at most {train_size} (or null for full-batch gradient descent)."
             )
         self.preprocessor = fit_preprocessor(
-            self.hparams.normalize, splits["train"][0], self.hparams.get("pca_components"), self.hparams.get("whiten_eps", DEFAULT_WHITEN_EPS)
+            self.hparams.normalize,
+            splits["train"][0],
+            self.hparams.get("pca_components"),
+            self.hparams.get("whiten_eps", DEFAULT_WHITEN_EPS),
+            deskew=self.hparams.get("deskew", False),
         )
         device = self._device()
         self.splits = {name: (x.to(device), y.to(device)) for name, (x, y) in splits.items()}
@@ -187,6 +191,10 @@ class IDXDataModule(InMemoryDataModule):
             ``pca_whiten``, ``zca_whiten``; ``True``/``False`` mean ``standardize``/``none``.
         pca_components: components kept by ``pca``/``pca_whiten`` (required there) and ``zca_whiten``.
         whiten_eps: added to the eigenvalues before whitening.
+        deskew: straighten each image's slant and centre it on its centre of mass before the
+            pre-processing above (:func:`~mlplab.data.preprocessing.deskew_images`, the classic
+            MNIST pre-processing). Part of the model like the rest of the pre-processing, so it
+            runs on every batch, after augmentation, and in test, predict and exported models.
         augment_translate, augment_rotate, augment_scale, augment_hflip: random affine transform and
             flip of each training image (see :class:`~mlplab.data.augment.BatchAugment`); all off by
             default. Applied to whole training batches after they reach the device, never to val/test.
@@ -211,6 +219,7 @@ class IDXDataModule(InMemoryDataModule):
         normalize: bool | str = "standardize",
         pca_components: int | None = None,
         whiten_eps: float = DEFAULT_WHITEN_EPS,
+        deskew: bool = False,
         augment_translate: float = 0.0,
         augment_rotate: float = 0.0,
         augment_scale: float = 0.0,

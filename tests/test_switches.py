@@ -324,6 +324,29 @@ def test_erasing_blanks_one_rectangle_of_torchvision_size_in_a_fraction_of_image
     assert torch.equal(BatchAugment(erase=1.0)(images).eq(0).flatten(1).any(1), torch.ones(2000, dtype=torch.bool))
 
 
+def test_elastic_distortion_displaces_each_image_by_its_own_smooth_field_of_strength_alpha():
+    # images whose two channels hold each pixel's column and row index: after the warp, a pixel's
+    # value minus its index is the displacement the field applied there (bilinear resampling is
+    # exact on a linear ramp); the centre is far enough from the border to see no padding
+    rows, columns = torch.meshgrid(torch.arange(28.0), torch.arange(28.0), indexing="ij")
+    ramps = torch.stack([columns, rows]).expand(500, 2, 28, 28)
+    torch.manual_seed(0)
+
+    def displacement(alpha: float, sigma: float) -> torch.Tensor:
+        return (BatchAugment(elastic=alpha, elastic_sigma=sigma)(ramps) - ramps)[..., 9:19, 9:19]
+
+    field = displacement(34.0, 4.0)
+    # smoothed uniform(-1, 1) noise: std sqrt(1/3) * sum(g^2) = 0.0407 for sigma 4, times alpha = 1.38 px
+    assert 1.2 < field.std() < 1.6 and field.mean().abs() < 0.1
+    assert 1.2 < displacement(17.0, 4.0).std() * 2 < 1.6  # proportional to alpha
+    assert (field[:1] - field[1:]).abs().mean() > 0.8  # each image has its own field
+
+    def roughness(d: torch.Tensor) -> float:  # neighbour differences relative to the displacement
+        return ((d[..., 1:] - d[..., :-1]).std() / d.std()).item()
+    assert roughness(field) < 0.3 and roughness(displacement(10.0, 1.0)) > 0.5
+    assert not BatchAugment(elastic=0.0).active
+
+
 def test_label_smoothing_mixes_cross_entropy_with_the_uniform_target_and_needs_multiclass():
     torch.manual_seed(0)
     x, y = torch.randn(32, 784), torch.randint(0, 10, (32,))

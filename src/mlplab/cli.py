@@ -211,6 +211,12 @@ class MLPLabCLI(LightningCLI):
     def _instantiate_trainer(self, config: dict[str, Any], callbacks: list[Callback]) -> Trainer:
         # optional callback groups set to null are left out; so is the default progress bar when it is switched off
         trainer_callbacks = [c for c in callbacks if c is not None]
+        # switching the logger or checkpointing off leaves out the default callbacks that need them: Lightning
+        # refuses a LearningRateMonitor without a logger and a ModelCheckpoint with enable_checkpointing=False
+        if config.get("logger") is False:
+            trainer_callbacks = [c for c in trainer_callbacks if not isinstance(c, LearningRateMonitor)]
+        if config.get("enable_checkpointing") is False:
+            trainer_callbacks = [c for c in trainer_callbacks if not isinstance(c, ModelCheckpoint)]
         # atomic checkpoint files unless the config brings its own CheckpointIO
         plugins = config.get("plugins") or []
         plugins = plugins if isinstance(plugins, list) else [plugins]

@@ -66,7 +66,8 @@ def test_bad_erase_probability_names_value_and_range(tiny_dm_factory):
 
 
 def test_bad_elastic_settings_name_values_and_range(tiny_dm_factory):
-    with pytest.raises(ConfigError, match=r"data.augment_elastic=34.0 and data.augment_elastic_sigma=0.0 are not allowed; .* smoothness > 0"):
+    message = r"data.augment_elastic=34.0 and data.augment_elastic_sigma=0.0 are not allowed; .* smoothness > 0"
+    with pytest.raises(ConfigError, match=message):
         tiny_dm_factory(augment_elastic=34.0, augment_elastic_sigma=0.0)
     with pytest.raises(ConfigError, match=r"data.augment_elastic=-1.0 .* strength must be >= 0 pixels"):
         tiny_dm_factory(augment_elastic=-1.0)

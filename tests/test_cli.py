@@ -5,6 +5,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 
 from mlplab.cli import main
@@ -93,8 +94,10 @@ def test_trainer_callbacks_follow_the_config(monkeypatch):
 
 
 def test_switching_logger_and_checkpointing_off_leaves_out_the_callbacks_that_need_them(monkeypatch):
-    # Lightning refuses a LearningRateMonitor without a logger and a ModelCheckpoint with enable_checkpointing=False
+    # Lightning refuses a LearningRateMonitor without a logger and a ModelCheckpoint with enable_checkpointing=False;
+    # without a logger LightningCLI would write config.yaml into the current folder, once
     from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
+    from lightning.pytorch.cli import SaveConfigCallback
 
     from mlplab.cli import MLPLabCLI
 
@@ -102,7 +105,36 @@ def test_switching_logger_and_checkpointing_off_leaves_out_the_callbacks_that_ne
     monkeypatch.setattr(sys, "argv", ["mlplab"])
     cli = MLPLabCLI(args=["--config", "configs/mnist.yaml", "--trainer.logger=false", "--trainer.enable_checkpointing=false"], run=False)
     assert cli.trainer.logger is None and cli.trainer.checkpoint_callback is None
-    assert not any(isinstance(c, (LearningRateMonitor, ModelCheckpoint)) for c in cli.trainer.callbacks)
+    assert not any(isinstance(c, (LearningRateMonitor, ModelCheckpoint, SaveConfigCallback)) for c in cli.trainer.callbacks)
+
+
+def test_weight_averaging_callback_from_the_command_line(monkeypatch):
+    # the README's EMA switch: Lightning's callback appended to mlplab's defaults, with its own arguments
+    from lightning.pytorch.callbacks import EMAWeightAveraging, ModelCheckpoint
+
+    from mlplab.cli import MLPLabCLI
+
+    monkeypatch.chdir(ROOT)
+    monkeypatch.setattr(sys, "argv", ["mlplab"])
+    cli = MLPLabCLI(args=["--config", "configs/mnist.yaml", "--trainer.logger=false", "--trainer.callbacks+=lightning.pytorch.callbacks.EMAWeightAveraging",
+                          "--trainer.callbacks.decay=0.99"], run=False)
+    [ema] = [c for c in cli.trainer.callbacks if isinstance(c, EMAWeightAveraging)]
+    assert ema._kwargs["avg_fn"](torch.zeros(1), torch.ones(1), 1).item() == pytest.approx(0.01)
+    assert any(isinstance(c, ModelCheckpoint) for c in cli.trainer.callbacks)
+
+
+def test_a_callback_refusing_its_arguments_gives_one_paragraph(capsys, monkeypatch, tmp_path):
+    monkeypatch.chdir(ROOT)
+    with pytest.raises(SystemExit) as exit_info:
+        main(["fit", "--config", "configs/mnist.yaml", f"--data.data_dir={REAL_DATA_DIR}", f"--trainer.logger.init_args.save_dir={tmp_path}",
+              "--trainer.callbacks+=lightning.pytorch.callbacks.EMAWeightAveraging", "--trainer.callbacks.decay=1.5"])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert err.strip().splitlines()[-1] == (
+        "mlplab: error: lightning.pytorch.callbacks.EMAWeightAveraging refused its arguments: "
+        "Invalid decay value 1.5 provided. Please provide a value in [0,1] range."
+    )
+    assert list(tmp_path.rglob("*")) == [tmp_path / "mnist"]  # the claimed version folder was removed
 
 
 @pytest.mark.parametrize(

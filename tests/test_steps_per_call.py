@@ -5,9 +5,10 @@ import functools
 import pytest
 import torch
 from lightning.pytorch import Callback, seed_everything
+from lightning.pytorch.callbacks import EMAWeightAveraging, ModelCheckpoint
 from lightning.pytorch.loggers import TensorBoardLogger
 
-from mlplab import LitMLP, lit_mlp
+from mlplab import FusedEMAWeightAveraging, LitMLP, lit_mlp
 from mlplab.callbacks import TrainBatchImageGrid
 from tests.conftest import quiet_trainer
 
@@ -185,3 +186,50 @@ def test_image_grid_of_an_augmented_group_changes_nothing(tiny_dm_factory, tmp_p
     ]
     for (name, a), (_, b) in zip(models[0].state_dict().items(), models[1].state_dict().items(), strict=True):
         assert torch.equal(a, b), name
+
+
+def test_weight_averaging_falls_back_to_one_step_per_call(tiny_dm_factory, tmp_path):
+    # EMAWeightAveraging updates its average in on_train_batch_end: grouped steps would update it once per 4 steps
+    def train_with_ema(steps_per_call):
+        ema = EMAWeightAveraging(decay=0.9)
+        model, trainer = train(tiny_dm_factory, tmp_path / "ema", steps_per_call, trainer_kwargs={"callbacks": [ema]})
+        return model, trainer, ema
+
+    one, _, _ = train_with_ema(1)
+    four, trainer_four, ema_four = train_with_ema(4)
+    plain, _ = train(tiny_dm_factory, tmp_path / "plain", 4)
+    assert four.automatic_optimization and len(trainer_four.train_dataloader) == 7  # not grouped
+    assert ema_four._average_model.n_averaged.item() == trainer_four.global_step == 3 * 7  # one update per optimizer step
+    for (name, a), (_, b) in zip(one.state_dict().items(), four.state_dict().items(), strict=True):
+        assert torch.equal(a, b), name
+    # after fit the model holds the average, not the last weights
+    assert not torch.equal(four.net.state_dict()["hidden.0.branch.0.weight"], plain.net.state_dict()["hidden.0.branch.0.weight"])
+
+
+def test_fused_ema_averages_like_lightnings_ema(tiny_dm_factory, tmp_path):
+    averages = {}
+    for callback_class in (EMAWeightAveraging, FusedEMAWeightAveraging):
+        ema = callback_class(decay=0.9, update_starting_at_step=5)
+        model, trainer = train(tiny_dm_factory, tmp_path / callback_class.__name__, 4, trainer_kwargs={"callbacks": [ema]})
+        assert model.automatic_optimization and ema._average_model.n_averaged.item() == 3 * 7 - 5
+        averages[callback_class] = model.state_dict()
+    lightning, fused = averages.values()
+    for (name, a), (_, b) in zip(lightning.items(), fused.items(), strict=True):
+        assert torch.allclose(a.float(), b.float(), rtol=1e-5, atol=1e-6), name
+
+
+def test_testing_a_checkpoint_after_fit_uses_the_averaged_weights(tiny_dm_factory, tmp_path):
+    # a checkpoint written during fit holds the average as its state_dict and the raw weights as
+    # "current_model_state" (for resuming); Lightning's WeightAveraging loads the raw ones into any later
+    # stage run by the Trainer that did the fit, such as the test after fit
+    seed_everything(7)
+    model = LitMLP(hidden_dims=[32, 16], steps_per_call=4)
+    checkpoint_callback = ModelCheckpoint(dirpath=tmp_path, filename="ema")
+    trainer = quiet_trainer(tmp_path, max_epochs=3, callbacks=[FusedEMAWeightAveraging(decay=0.9), checkpoint_callback])
+    trainer.fit(model, datamodule=tiny_dm_factory(batch_size=30))
+    checkpoint = torch.load(checkpoint_callback.best_model_path, weights_only=True)
+    key = "net.hidden.0.branch.0.weight"
+    averaged, raw = checkpoint["state_dict"][key], checkpoint["current_model_state"][key]
+    assert not torch.equal(raw, averaged)
+    trainer.test(model, datamodule=trainer.datamodule, ckpt_path="best", verbose=False)
+    assert torch.equal(model.state_dict()[key], averaged)

@@ -7,11 +7,11 @@ Public API for other Lightning projects::
     from mlplab.models import MLP
 """
 
-from mlplab.callbacks import CSVPredictionWriter, LayerGradientNorms, TestDiagnostics, TrainBatchImageGrid
+from mlplab.callbacks import CSVPredictionWriter, FusedEMAWeightAveraging, LayerGradientNorms, TestDiagnostics, TrainBatchImageGrid
 from mlplab.data import FashionMNISTDataModule, IDXDataModule, MNISTDataModule
 from mlplab.lit_mlp import LitMLP
 from mlplab.models import MLP
 
 __version__ = "0.1.0"
 
-__all__ = ["CSVPredictionWriter", "LayerGradientNorms", "TestDiagnostics", "MLP", "FashionMNISTDataModule", "IDXDataModule", "LitMLP", "MNISTDataModule", "TrainBatchImageGrid", "__version__"]
+__all__ = ["CSVPredictionWriter", "FusedEMAWeightAveraging", "LayerGradientNorms", "TestDiagnostics", "MLP", "FashionMNISTDataModule", "IDXDataModule", "LitMLP", "MNISTDataModule", "TrainBatchImageGrid", "__version__"]

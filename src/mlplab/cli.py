@@ -194,14 +194,16 @@ class MLPLabCLI(LightningCLI):
     def instantiate_classes(self) -> None:
         try:
             super().instantiate_classes()
-        except ValueError:
+        except MLPLabError:
+            raise  # the model's own one-paragraph errors (ConfigError is a ValueError too)
+        except ValueError as err:
             # jsonargparse reports a DataModule's own ConfigError inside a long "does not validate" message:
             # building the class directly raises the original one-paragraph error instead
             data = (self.config.get(self.subcommand) if self.subcommand else self.config).get("data")
             if isinstance(data, Namespace) and data.get("class_path"):
                 module, _, name = data.class_path.rpartition(".")
                 getattr(importlib.import_module(module), name)(**dict(data.get("init_args") or {}))
-            raise
+            raise ConfigError(describe_instantiation_error(err)) from err
 
     def _preflight(self) -> None:
         """Errors a run would otherwise meet only after training started: monitored keys, task vs data."""
@@ -215,6 +217,9 @@ class MLPLabCLI(LightningCLI):
         # refuses a LearningRateMonitor without a logger and a ModelCheckpoint with enable_checkpointing=False
         if config.get("logger") is False:
             trainer_callbacks = [c for c in trainer_callbacks if not isinstance(c, LearningRateMonitor)]
+            # no run folder to keep the resolved config in: LightningCLI would write config.yaml into the current
+            # folder instead, and refuse (with a traceback) to overwrite it on the next run
+            self.save_config_callback = None
         if config.get("enable_checkpointing") is False:
             trainer_callbacks = [c for c in trainer_callbacks if not isinstance(c, ModelCheckpoint)]
         # atomic checkpoint files unless the config brings its own CheckpointIO
@@ -313,6 +318,20 @@ def describe_argument_error(err: argparse.ArgumentError) -> str:
     if 'Parser key "lr"' in text:
         text += " model.optimizer.lr must be a positive, finite number."
     return text
+
+
+def describe_instantiation_error(err: ValueError) -> str:
+    """A class of the config (a callback, the logger, ...) refused its arguments: its own reason in one paragraph.
+
+    jsonargparse tries every branch of a type union (``list[Callback] | Callback | None``) and
+    reports them all, with the constructor's own error first.
+    """
+    text = str(err)
+    head, _, errors = text.partition("Errors:")
+    reasons = re.findall(r"^\s*- (.+)$", errors, flags=re.MULTILINE)
+    reason = reasons[0] if reasons else head.strip().splitlines()[0]
+    classes = list(dict.fromkeys(re.findall(r"class_path='([^']+)'", text)))
+    return f"{', '.join(classes) or 'a class in the config'} refused its arguments: {reason}"
 
 
 def main(args: Sequence[str] | None = None) -> None:

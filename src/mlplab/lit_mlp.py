@@ -19,6 +19,7 @@ from typing import Any, Literal
 
 import torch
 from lightning.pytorch import Callback, LightningModule
+from lightning.pytorch.callbacks import WeightAveraging
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from lightning.pytorch.core.optimizer import LightningOptimizer
 from lightning.pytorch.plugins.precision import MixedPrecision, Precision
@@ -119,7 +120,9 @@ class LitMLP(LightningModule):
             manual optimization: the same batches, updates, scheduler steps and ``global_step``
             as ``K = 1``, for a K-th of the loop's cost. Loop-level counters (``limit_train_batches``,
             ``val_check_interval``, ``log_every_n_steps``) then count calls. Trainer gradient clipping
-            or accumulation (automatic optimization only) makes it fall back to one step per call.
+            or accumulation (automatic optimization only), and Lightning's ``WeightAveraging``
+            callbacks (``EMAWeightAveraging``: they update the average once per call) make it fall
+            back to one step per call.
         compile: compile the network with ``torch.compile`` when training starts (in place, so
             checkpoints keep their keys and load into an uncompiled model).
     """
@@ -211,7 +214,12 @@ class LitMLP(LightningModule):
         if not self._automatic_optimization or self.steps_per_call == 1:
             return self._automatic_optimization
         trainer = self._trainer  # (read every step: the cheap cases above come first)
-        return trainer is not None and (bool(trainer.gradient_clip_val) or trainer.accumulate_grad_batches != 1)
+        return trainer is not None and (
+            bool(trainer.gradient_clip_val)
+            or trainer.accumulate_grad_batches != 1
+            # WeightAveraging callbacks (EMAWeightAveraging) update their average once per call: one step per call
+            or any(isinstance(callback, WeightAveraging) for callback in trainer.callbacks)
+        )
 
     @automatic_optimization.setter
     def automatic_optimization(self, value: bool) -> None:

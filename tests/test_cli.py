@@ -109,17 +109,20 @@ def test_switching_logger_and_checkpointing_off_leaves_out_the_callbacks_that_ne
 
 
 def test_weight_averaging_callback_from_the_command_line(monkeypatch):
-    # the README's EMA switch: Lightning's callback appended to mlplab's defaults, with its own arguments
-    from lightning.pytorch.callbacks import EMAWeightAveraging, ModelCheckpoint
+    # the README's EMA switch: a callback appended to mlplab's defaults, with its own arguments
+    from lightning.pytorch.callbacks import ModelCheckpoint
 
+    from mlplab import FusedEMAWeightAveraging
     from mlplab.cli import MLPLabCLI
 
     monkeypatch.chdir(ROOT)
     monkeypatch.setattr(sys, "argv", ["mlplab"])
-    cli = MLPLabCLI(args=["--config", "configs/mnist.yaml", "--trainer.logger=false", "--trainer.callbacks+=lightning.pytorch.callbacks.EMAWeightAveraging",
+    cli = MLPLabCLI(args=["--config", "configs/mnist.yaml", "--trainer.logger=false", "--trainer.callbacks+=mlplab.FusedEMAWeightAveraging",
                           "--trainer.callbacks.decay=0.99"], run=False)
-    [ema] = [c for c in cli.trainer.callbacks if isinstance(c, EMAWeightAveraging)]
-    assert ema._kwargs["avg_fn"](torch.zeros(1), torch.ones(1), 1).item() == pytest.approx(0.01)
+    [ema] = [c for c in cli.trainer.callbacks if isinstance(c, FusedEMAWeightAveraging)]
+    average = [torch.zeros(1)]
+    ema._kwargs["multi_avg_fn"](average, [torch.ones(1)], 1)
+    assert average[0].item() == pytest.approx(0.01)
     assert any(isinstance(c, ModelCheckpoint) for c in cli.trainer.callbacks)
 
 

@@ -233,3 +233,24 @@ def test_testing_a_checkpoint_after_fit_uses_the_averaged_weights(tiny_dm_factor
     assert not torch.equal(raw, averaged)
     trainer.test(model, datamodule=trainer.datamodule, ckpt_path="best", verbose=False)
     assert torch.equal(model.state_dict()[key], averaged)
+
+
+def test_resuming_with_ema_ends_where_an_uninterrupted_run_ends(tiny_dm_factory, tmp_path):
+    # resuming restores both the raw weights (training continues from them) and the average
+    def fit(folder, max_epochs, ckpt_path=None):
+        seed_everything(7)
+        model = LitMLP(hidden_dims=[32, 16], steps_per_call=4)
+        ema = FusedEMAWeightAveraging(decay=0.9)
+        trainer = quiet_trainer(
+            tmp_path / folder, max_epochs=max_epochs, deterministic=True,
+            callbacks=[ema, ModelCheckpoint(dirpath=tmp_path / folder, filename="last", save_top_k=-1, enable_version_counter=False)],
+        )
+        trainer.fit(model, datamodule=tiny_dm_factory(batch_size=30), ckpt_path=ckpt_path)
+        return model, ema
+
+    uninterrupted, ema_uninterrupted = fit("whole", 3)
+    fit("first", 2)
+    resumed, ema_resumed = fit("first", 3, ckpt_path=tmp_path / "first" / "last.ckpt")
+    assert ema_resumed._average_model.n_averaged.item() == ema_uninterrupted._average_model.n_averaged.item() == 21
+    for (name, a), (_, b) in zip(uninterrupted.state_dict().items(), resumed.state_dict().items(), strict=True):
+        assert torch.equal(a, b), name

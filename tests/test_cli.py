@@ -140,6 +140,13 @@ def test_a_callback_refusing_its_arguments_gives_one_paragraph(capsys, monkeypat
     assert list(tmp_path.rglob("*")) == [tmp_path / "mnist"]  # the claimed version folder was removed
 
 
+def test_instantiation_error_without_union_report_or_message():
+    from mlplab.cli import describe_instantiation_error
+
+    assert describe_instantiation_error(ValueError("bad size\nmore")) == "a class in the config refused its arguments: bad size"
+    assert describe_instantiation_error(ValueError()) == "a class in the config refused its arguments: (no reason given)"
+
+
 @pytest.mark.parametrize(
     ("option", "expected"),
     [

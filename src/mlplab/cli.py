@@ -329,7 +329,7 @@ def describe_instantiation_error(err: ValueError) -> str:
     text = str(err)
     head, _, errors = text.partition("Errors:")
     reasons = re.findall(r"^\s*- (.+)$", errors, flags=re.MULTILINE)
-    reason = reasons[0] if reasons else head.strip().splitlines()[0]
+    reason = reasons[0] if reasons else (head.strip().splitlines() or ["(no reason given)"])[0]
     classes = list(dict.fromkeys(re.findall(r"class_path='([^']+)'", text)))
     return f"{', '.join(classes) or 'a class in the config'} refused its arguments: {reason}"
 

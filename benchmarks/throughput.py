@@ -11,9 +11,11 @@ accuracy pass over the 5k validation split, for all three:
 
 The three run alternately, ``--repeats`` times, in this one process; the median seconds per
 epoch (the first epoch of each run is a warm-up and not counted) and peak RSS are printed, with
-the ratios c/b and a/c. ``--breakdown`` then runs (c) once more with timers around its phases
-(training steps, batch gathering, metric updates, validation loop, checkpoint writes) and prints
-milliseconds per epoch for each, the rest being Lightning's loop, callbacks and logging. Usage::
+the ratios c/b and a/c, and the same ratios paired within each repetition (robust to a machine
+whose speed drifts over minutes; see ``paired_ratios``). ``--breakdown`` then runs (c) once more
+with timers around its phases (training steps, batch gathering, metric updates, validation loop,
+checkpoint writes) and prints milliseconds per epoch for each, the rest being Lightning's loop,
+callbacks and logging. Usage::
 
     python benchmarks/throughput.py --repeats 3 --epochs 3 [--breakdown]
 """
@@ -210,6 +212,17 @@ def print_breakdown(config: str, epochs: int) -> None:
     print(f"    {epoch_ms - sum(phases.values()):7.1f}  the rest: Lightning's loop, callbacks, progress bar, TensorBoard")
 
 
+def paired_ratios(numerator_runs: list[list[float]], denominator_runs: list[list[float]], label: str) -> str:
+    """Median (and range) over repetitions of the ratio of two neighbouring runs' median epochs.
+
+    On a shared machine whose speed drifts over minutes (seen: mlplab's epochs from 0.43 to
+    0.95 s in one benchmark run), the pooled medians above mix fast and slow spells; two runs made
+    one after the other in the same repetition share their spell, so their ratio cancels most of it.
+    """
+    ratios = [statistics.median(a) / statistics.median(b) for a, b in zip(numerator_runs, denominator_runs, strict=True)]
+    return f"{label} = {statistics.median(ratios):.3f} (range {min(ratios):.3f}-{max(ratios):.3f})"
+
+
 def peak_rss_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
@@ -235,16 +248,19 @@ def main() -> None:
         }
         if args.compile:
             runners["d_mlplab_compiled"] = lambda: run_mlplab(config, args.epochs, "--model.compile=true")
-        samples: dict[str, list[float]] = {key: [] for key in runners}
+        runs: dict[str, list[list[float]]] = {key: [] for key in runners}
         for _ in range(args.repeats):
             for key, runner in runners.items():  # alternate, so drifts in machine load hit all three alike
-                samples[key] += runner()[1:]
+                runs[key].append(runner()[1:])
+        samples = {key: [epoch for run in key_runs for epoch in run] for key, key_runs in runs.items()}
         median = {key: statistics.median(values) for key, values in samples.items()}
         print(f"\n{name} (batch {batch}, {len(dm.splits['train'][0])} train + {len(dm.splits['val'][0])} val samples/epoch)")
         for key, value in median.items():
             spread = f"min {min(samples[key]):.3f} max {max(samples[key]):.3f}"
             print(f"  {key:16s} {value:7.3f} s/epoch  ({len(samples[key])} epochs, {spread})")
         print(f"  ratio c/b = {median['c_mlplab_fit'] / median['b_hand_written']:.3f}   ratio a/c = {median['a_seed_pipeline'] / median['c_mlplab_fit']:.2f}")
+        print(f"  paired, per repetition: {paired_ratios(runs['c_mlplab_fit'], runs['b_hand_written'], 'c/b')}"
+              f"   {paired_ratios(runs['a_seed_pipeline'], runs['c_mlplab_fit'], 'a/c')}")
         if args.compile:
             print(f"  ratio d/c = {median['d_mlplab_compiled'] / median['c_mlplab_fit']:.3f} (compiled vs eager mlplab)")
         if args.breakdown:

@@ -213,12 +213,13 @@ def print_breakdown(config: str, epochs: int) -> None:
 
 
 def paired_ratios(numerator_runs: list[list[float]], denominator_runs: list[list[float]], label: str) -> str:
-    """Median (and range) over repetitions of the ratio of two neighbouring runs' median epochs.
+    """Median (and range) over repetitions of the ratio of two runs' median epochs in the same repetition.
 
     On a shared machine whose speed drifts over minutes (seen: mlplab's epochs from 0.43 to
-    0.95 s in one benchmark run), the pooled medians above mix fast and slow spells; two runs made
-    one after the other in the same repetition mostly share their spell, so their ratio cancels much
-    of it (not all: one such run's paired c/b still ranged from 0.93 to 1.49 over its repetitions).
+    0.95 s in one benchmark run), the pooled medians above mix fast and slow spells; two runs of
+    the same repetition, made seconds apart ((b) right before (c); (a) before both), mostly share
+    their spell, so their ratio cancels much of it (not all: one benchmark run's paired c/b still
+    ranged from 0.93 to 1.49 over its repetitions).
     """
     ratios = [statistics.median(a) / statistics.median(b) for a, b in zip(numerator_runs, denominator_runs, strict=True)]
     return f"{label} = {statistics.median(ratios):.3f} (range {min(ratios):.3f}-{max(ratios):.3f})"

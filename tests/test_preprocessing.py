@@ -61,6 +61,9 @@ def test_datamodule_pca_changes_input_dim_and_validates(tiny_dm_factory):
         tiny_dm_factory(normalize="pca", pca_components=785)
     with pytest.raises(ConfigError, match=r"data.normalize='pca' needs data.pca_components"):
         tiny_dm_factory(normalize="pca")
+    with pytest.raises(ConfigError, match=r"data.pca_components=20 has no effect with data.normalize='standardize'"):
+        tiny_dm_factory(normalize="standardize", pca_components=20)
+    assert tiny_dm_factory(normalize="zca_whiten", pca_components=20).input_dim == 784
 
 
 def _ink_moments(images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

@@ -23,7 +23,7 @@ from torch.utils.data import DataLoader, TensorDataset
 from mlplab.data.augment import BatchAugment
 from mlplab.data.idx import read_idx
 from mlplab.data.loader import BatchGroup, TensorBatchLoader
-from mlplab.data.preprocessing import DEFAULT_WHITEN_EPS, PREPROCESSING, REDUCING, Preprocessor, fit_preprocessor
+from mlplab.data.preprocessing import DEFAULT_WHITEN_EPS, PREPROCESSING, REDUCING, TAKES_COMPONENTS, Preprocessor, fit_preprocessor
 from mlplab.data.sources import FASHION_MNIST, MNIST, DatasetSource, ensure_dataset, verified_path
 from mlplab.errors import ConfigError, DataError
 
@@ -249,6 +249,11 @@ class IDXDataModule(InMemoryDataModule):
         flat_dim = self.raw_input_dim  # from the class attribute input_shape
         if normalize in REDUCING and pca_components is None:
             raise ConfigError(f"data.normalize={normalize!r} needs data.pca_components (an integer in 1..{flat_dim}).")
+        if pca_components is not None and normalize not in TAKES_COMPONENTS:
+            raise ConfigError(
+                f"data.pca_components={pca_components} has no effect with data.normalize={normalize!r}; "
+                f"it is read only by {', '.join(TAKES_COMPONENTS)}: choose one of those or leave pca_components unset."
+            )
         if pca_components is not None and not 1 <= pca_components <= flat_dim:
             raise ConfigError(f"data.pca_components={pca_components} is not allowed; it must be in 1..{flat_dim}, the input size.")
         if not whiten_eps >= 0:

@@ -188,6 +188,8 @@ PREPROCESSING: dict[str, Callable[[Tensor, int | None, float], Preprocessor]] = 
 }
 # kinds whose output has `components` features instead of the input's
 REDUCING = ("pca", "pca_whiten")
+# kinds that read `components` at all (zca_whiten keeps the input size but may drop components)
+TAKES_COMPONENTS = (*REDUCING, "zca_whiten")
 
 
 def fit_preprocessor(

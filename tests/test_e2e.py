@@ -88,6 +88,21 @@ def test_diverging_run_stops_with_one_paragraph_and_no_checkpoint(real_mnist, tm
     assert not list(tmp_path.rglob("*.ckpt"))
 
 
+@pytest.mark.parametrize(
+    ("config", "limit", "steps"),
+    [("configs/mnist.yaml", "--trainer.max_steps=10", 10), ("configs/fast/mnist_98.yaml", "--trainer.fast_dev_run=1", 1)],
+)
+def test_a_fit_cut_short_by_max_steps_ends_normally(real_mnist, tmp_path, config, limit, steps):
+    # max_steps inside the first group of 64 steps, before any validation: early stopping has no val/loss
+    # yet and OneCycleLR was built for exactly `steps` steps
+    command = [MLPLAB, "fit", "--config", config, limit, "--trainer.enable_progress_bar=false",
+               f"--trainer.logger.init_args.save_dir={tmp_path}", f"--data.data_dir={REAL_DATA_DIR}"]
+    result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert f"(1 epochs, {steps} optimizer steps)" in result.stderr
+    assert "mlplab: test/acc=" in result.stdout and "ckpt=none (current weights)" in result.stdout  # no validation: no best checkpoint
+
+
 def predict_csv(tmp_path: Path, ckpt: Path, *args: str) -> list[list[str]]:
     output = tmp_path / "predictions.csv"
     command = [MLPLAB, "predict", "--config", "configs/mnist.yaml", f"--ckpt_path={ckpt}", f"--data.data_dir={REAL_DATA_DIR}",

@@ -58,6 +58,20 @@ def test_same_weights_steps_and_metrics_as_one_step_per_call(tiny_dm_factory, tm
     assert lrs[0] == lrs[1]
 
 
+@pytest.mark.parametrize("limit", [{"max_steps": 10}, {"fast_dev_run": 1}, {"fast_dev_run": 3}])
+def test_max_steps_inside_a_group_stops_where_one_step_per_call_stops(tiny_dm_factory, tmp_path, limit):
+    # 10 = one whole group of 4 in the second epoch plus 2 of the next (7 batches per epoch: groups of 4 and 3);
+    # OneCycleLR gets total_steps = max_steps and refuses to be stepped once more
+    onecycle = CASES["sgd+onecycle(step)"]
+    one, trainer_one = train(tiny_dm_factory, tmp_path, 1, epochs=5, trainer_kwargs=limit, **onecycle)
+    four, trainer_four = train(tiny_dm_factory, tmp_path, 4, epochs=5, trainer_kwargs=limit, **onecycle)
+    expected = limit.get("max_steps", limit.get("fast_dev_run"))
+    assert trainer_one.global_step == trainer_four.global_step == expected
+    assert trainer_four.train_dataloader.batches_served == expected % 7  # batches of the last epoch actually trained on
+    for (name, a), (_, b) in zip(one.state_dict().items(), four.state_dict().items(), strict=True):
+        assert torch.equal(a, b), name
+
+
 def test_metrics_fed_in_chunks_equal_metrics_fed_once_per_epoch(tiny_dm_factory, tmp_path, monkeypatch):
     # step outputs wait for one bulk metric update per epoch, or per MAX_PENDING_STEPS steps when there are more
     def fit_and_test(folder):

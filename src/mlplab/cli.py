@@ -63,7 +63,10 @@ OPTIONAL_CALLBACKS: dict[str, tuple[type[Callback], dict[str, Any]]] = {
     # rewrites last.ckpt only in epochs that also saved a top-k checkpoint, so after an epoch without
     # improvement it would hold an older state.)
     "last_checkpoint": (ModelCheckpoint, {"monitor": None, "save_top_k": 1, "filename": "last", "enable_version_counter": False}),
-    "early_stopping": (EarlyStopping, {"monitor": "val/loss", "mode": "min", "patience": 5}),
+    # checked when validation ends, not at the epoch's end (the same moment when validation runs every epoch):
+    # a fit stopped by max_steps before its first validation (fast_dev_run, smoke tests) then ends normally
+    # instead of failing on a val/loss that was never logged
+    "early_stopping": (EarlyStopping, {"monitor": "val/loss", "mode": "min", "patience": 5, "check_on_train_epoch_end": False}),
     "lr_monitor": (LearningRateMonitor, {"logging_interval": "step"}),
     "prediction_writer": (CSVPredictionWriter, {"output": "predictions.csv"}),  # acts only in `mlplab predict`
 }

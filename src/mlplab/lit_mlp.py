@@ -13,8 +13,9 @@ from __future__ import annotations
 
 import functools
 import inspect
+import itertools
 import math
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from typing import Any, Literal
 
 import torch
@@ -119,7 +120,8 @@ class LitMLP(LightningModule):
             serves K consecutive batches per call and this module steps through them under
             manual optimization: the same batches, updates, scheduler steps and ``global_step``
             as ``K = 1``, for a K-th of the loop's cost. Loop-level counters (``limit_train_batches``,
-            ``val_check_interval``, ``log_every_n_steps``) then count calls. Trainer gradient clipping
+            ``val_check_interval``, ``log_every_n_steps``) then count calls; ``max_steps`` still counts
+            optimizer steps (a call stops inside its group). Trainer gradient clipping
             or accumulation (automatic optimization only), and Lightning's ``WeightAveraging``
             callbacks (``EMAWeightAveraging``: they update the average once per call) make it fall
             back to one step per call.
@@ -454,7 +456,12 @@ class LitMLP(LightningModule):
         # the manual loop counts one global step per optimizer step: read once per call, not per step (in a running
         # loop the property chain behind global_step costs about 10 µs, 2 ms per Fashion-MNIST epoch)
         step = self.global_step
-        for micro_batch in batch if isinstance(batch, BatchGroup) else [batch]:
+        micro_batches: Iterable[Any] = batch if isinstance(batch, BatchGroup) else [batch]
+        if self.trainer.max_steps >= 0:
+            # Lightning checks max_steps (fast_dev_run sets it too) between calls only: stop inside the group where
+            # one step per call would stop (a BatchGroup gathers its batches lazily: the rest are never served)
+            micro_batches = itertools.islice(micro_batches, max(0, self.trainer.max_steps - step))
+        for micro_batch in micro_batches:
             closure = functools.partial(self._closure, optimizer, micro_batch)
             if self.plain_optimizer_step:
                 self._plain_optimizer_step(optimizer, closure, step)

@@ -117,6 +117,7 @@ BAD_CONFIGS = {
     "batch larger than train split": (["--data.batch_size=500"], ["data.batch_size=500", "200 training samples"]),
     "val_size too large": (["--data.val_size=240"], ["data.val_size=240", "240 training samples"]),
     "pca components > input": (["--data.normalize=pca", "--data.pca_components=1000"], ["data.pca_components=1000", "1..784"]),
+    "pca components unused": (["--data.pca_components=20"], ["data.pca_components=20 has no effect", "normalize='standardize'", "pca_whiten"]),
     "regression on classes": (["--model.task=regression"], ["model.task='regression'", "'multiclass' data set"]),
     "data_dir not writable": (["--data.data_dir=/proc/mlplab-nope"], ["data.data_dir='/proc/mlplab-nope'", "could not be created or written"]),
     "ckpt_path missing": (["--ckpt_path=missing.ckpt"], ["ckpt_path='missing.ckpt' does not exist"]),
@@ -127,6 +128,8 @@ BAD_CONFIGS = {
         ["model.lr_scheduler_monitor='val/lozz'", "never logged"],
     ),
 }
+if not torch.cuda.is_available():
+    BAD_CONFIGS["gpu without a GPU"] = (["--trainer.accelerator=gpu"], ["trainer.accelerator='gpu'", "0 CUDA GPU(s)", "accelerator=cpu"])
 
 
 @pytest.fixture(scope="module")

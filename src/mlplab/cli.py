@@ -34,6 +34,7 @@ from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.plugins.io import CheckpointIO
 from lightning.pytorch.utilities import rank_zero_info
+from lightning.pytorch.utilities.exceptions import MisconfigurationException
 
 from mlplab.callbacks import CSVPredictionWriter, LayerGradientNorms, TestDiagnostics, TrainBatchImageGrid
 from mlplab.checkpointing import AtomicCheckpointIO, GracefulInterrupt, check_checkpoint_file
@@ -233,7 +234,17 @@ class MLPLabCLI(LightningCLI):
         if config.get("enable_progress_bar") is False:
             defaults = self.trainer_defaults.get("callbacks", [])
             self.trainer_defaults["callbacks"] = [c for c in defaults if not isinstance(c, ProgressBar)]
-        return super()._instantiate_trainer(config, trainer_callbacks)
+        try:
+            return super()._instantiate_trainer(config, trainer_callbacks)
+        except (MisconfigurationException, ModuleNotFoundError) as err:
+            # Lightning refuses hardware options this machine cannot run (accelerator=gpu without a GPU, tpu without
+            # torch_xla, ...) with a traceback that names neither the option nor the machine
+            chosen = ", ".join(f"trainer.{key}={config.get(key)!r}" for key in ("accelerator", "devices", "strategy", "precision"))
+            gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
+            raise ConfigError(
+                f"Lightning's Trainer cannot run {chosen} here: {err} This machine has {gpus} CUDA GPU(s) and "
+                f"{os.cpu_count()} CPU core(s); trainer.accelerator=cpu (or auto) runs anywhere."
+            ) from err
 
     def before_fit(self) -> None:
         self._preflight()

@@ -143,6 +143,17 @@ def test_plain_backward_and_step_when_nothing_needs_the_hooks(tiny_dm_factory, t
     assert trainer.callback_metrics["train/grad_norm"].item() > 0  # the module's own hook still runs
 
 
+@pytest.mark.parametrize("precision", ["bf16-true", "64-true"])
+def test_true_precisions_convert_every_batch_of_a_group(tiny_dm_factory, tmp_path, precision):
+    # Lightning converts the inputs of *-true precisions with apply_to_collection, which skips a BatchGroup
+    one, _ = train(tiny_dm_factory, tmp_path, 1, epochs=1, trainer_kwargs={"precision": precision})
+    four, _ = train(tiny_dm_factory, tmp_path, 4, epochs=1, trainer_kwargs={"precision": precision})
+    dtype = {"bf16-true": torch.bfloat16, "64-true": torch.float64}[precision]
+    assert next(four.net.parameters()).dtype == dtype
+    for (name, a), (_, b) in zip(one.state_dict().items(), four.state_dict().items(), strict=True):
+        assert torch.equal(a, b), name
+
+
 def test_a_subclass_overriding_on_before_optimizer_step_sees_every_step(tiny_dm_factory, tmp_path):
     # the plain path hands the known step to the module's own grad-norm logging; an override must still be called
     class CountsSteps(LitMLP):

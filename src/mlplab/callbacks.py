@@ -168,7 +168,8 @@ class TestDiagnostics(Callback):
         predicted = outputs.argmax(1)
         self.confusion.update(predicted, targets)
         for index in (predicted != targets).nonzero().flatten()[: self.max_images - len(self.wrong)].tolist():
-            self.wrong.append((images[index].detach().cpu(), int(predicted[index]), int(targets[index])))
+            # (float: matplotlib cannot show the bfloat16 inputs of bf16-true runs)
+            self.wrong.append((images[index].detach().float().cpu(), int(predicted[index]), int(targets[index])))
 
     def on_test_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         if self.confusion is None:

@@ -17,6 +17,7 @@ from typing import Any, ClassVar, Literal
 import torch
 import torchvision
 from lightning.pytorch import LightningDataModule
+from lightning.pytorch.plugins.precision import Precision
 from torch import Tensor
 from torch.utils.data import DataLoader, TensorDataset
 
@@ -103,6 +104,18 @@ class InMemoryDataModule(LightningDataModule):
         if self.trainer is None or self.hparams.num_workers > 0:
             return torch.device("cpu")
         return self.trainer.strategy.root_device
+
+    def on_before_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
+        """Give each batch of a :class:`BatchGroup` the precision plugin's input conversion.
+
+        Lightning converts a batch's floating-point tensors (``bf16-true``: to bfloat16,
+        ``64-true``: to float64) just before this hook with ``apply_to_collection``, which does not
+        look inside a group; the mixed and 32-bit plugins leave inputs as they are.
+        """
+        plugin = self.trainer.precision_plugin if self.trainer is not None else None
+        if isinstance(batch, BatchGroup) and plugin is not None and type(plugin).convert_input is not Precision.convert_input:
+            return batch.map(plugin.convert_input)
+        return batch
 
     def transfer_batch_to_device(self, batch: Any, device: torch.device, dataloader_idx: int) -> Any:
         """Move a batch (tensors, a tuple of tensors, or a :class:`BatchGroup` of such tuples) with one ``.to`` per tensor.

@@ -43,6 +43,7 @@ def test_defaults_callbacks_logger_and_seed(capsys, monkeypatch):
     assert printed["checkpoint"]["init_args"] | {"monitor": "val/acc", "mode": "max"} == printed["checkpoint"]["init_args"]
     assert printed["last_checkpoint"]["init_args"] | {"monitor": None, "filename": "last"} == printed["last_checkpoint"]["init_args"]
     assert printed["early_stopping"]["init_args"]["monitor"] == "val/loss" and printed["early_stopping"]["init_args"]["patience"] == 5
+    assert printed["early_stopping"]["init_args"]["check_on_train_epoch_end"] is False  # checked after validation only
     assert printed["lr_monitor"]["class_path"].endswith("LearningRateMonitor")
     assert printed["trainer"]["logger"]["init_args"]["save_dir"] == "logs"
     assert printed["test_after_fit"] is True

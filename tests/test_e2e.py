@@ -103,6 +103,14 @@ def test_a_fit_cut_short_by_max_steps_ends_normally(real_mnist, tmp_path, config
     assert "mlplab: test/acc=" in result.stdout and "ckpt=none (current weights)" in result.stdout  # no validation: no best checkpoint
 
 
+def test_evaluating_without_a_checkpoint_says_the_weights_are_untrained(real_mnist, tmp_path):
+    command = [MLPLAB, "validate", "--config", "configs/mnist.yaml", "--trainer.limit_val_batches=1", "--trainer.enable_progress_bar=false",
+               f"--trainer.logger.init_args.save_dir={tmp_path}", f"--data.data_dir={REAL_DATA_DIR}"]
+    result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "mlplab: no --ckpt_path: validate runs on a new model's untrained weights." in result.stdout + result.stderr
+
+
 def predict_csv(tmp_path: Path, ckpt: Path, *args: str) -> list[list[str]]:
     output = tmp_path / "predictions.csv"
     command = [MLPLAB, "predict", "--config", "configs/mnist.yaml", f"--ckpt_path={ckpt}", f"--data.data_dir={REAL_DATA_DIR}",

@@ -133,6 +133,8 @@ class MLPLabCLI(LightningCLI):
             self.resumed_version = self._resolve_last_checkpoint(config)
             if config.get("ckpt_path") not in (None, "last", "best", "hpc"):
                 check_checkpoint_file(config.get("ckpt_path"))
+            if subcommand in ("validate", "test", "predict") and config.get("ckpt_path") is None:
+                rank_zero_info(f"mlplab: no --ckpt_path: {subcommand} runs on a new model's untrained weights.")
         super()._parse_ckpt_path()
 
     def before_instantiate_classes(self) -> None:

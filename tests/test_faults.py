@@ -21,8 +21,10 @@ import pytest
 import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
+from mlplab.checkpointing import check_checkpoint_file
 from mlplab.data import write_idx
 from mlplab.data.idx import open_maybe_gzip
+from mlplab.errors import ConfigError
 
 from .conftest import FILE_NAMES, REAL_DATA_DIR, make_tiny_idx
 
@@ -286,6 +288,16 @@ def test_ctrl_c_saves_a_mid_epoch_checkpoint_that_resumes_exactly(workdir):
     assert_same_training(final_state(workdir, 0), final_state(workdir, 1))
 
 
+def test_unreadable_checkpoint_file_says_what_is_wrong_with_it(tmp_path):
+    empty, text = tmp_path / "empty.ckpt", tmp_path / "notes.ckpt"
+    empty.touch()
+    text.write_text("not a checkpoint")
+    with pytest.raises(ConfigError, match=r"empty.ckpt' is not a readable checkpoint .*: EOFError after 0 bytes$"):
+        check_checkpoint_file(empty)
+    with pytest.raises(ConfigError, match=r"notes.ckpt' was refused: .*\(Unsupported operand \d+\)\. Either it is not a PyTorch file"):
+        check_checkpoint_file(text)
+
+
 def test_checkpoint_write_killed_midway_keeps_the_previous_file(tmp_path):
     path = tmp_path / "last.ckpt"
     script = textwrap.dedent(f"""
@@ -332,7 +344,7 @@ def test_checkpoint_that_runs_code_on_load_is_refused(workdir, trained_checkpoin
     torch.save(checkpoint, evil, pickle_protocol=pickle.HIGHEST_PROTOCOL)
 
     message = error_paragraph(mlplab(workdir, "test", *tiny_args(1), f"--ckpt_path={evil}"))
-    assert "was refused" in message and "could run code" in message
+    assert "was refused" in message and "could run code" in message and "Unsupported operand" in message
     resumed = error_paragraph(mlplab(workdir, "fit", *tiny_args(1), f"--ckpt_path={evil}"))
     assert "was refused" in resumed
     load = subprocess.run([sys.executable, "-c", f"from mlplab import LitMLP; LitMLP.load_from_checkpoint({str(evil)!r})"],

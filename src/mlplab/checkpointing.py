@@ -102,11 +102,15 @@ def check_checkpoint_file(path: str | os.PathLike) -> None:
     try:
         torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:
-        first_line = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+        # torch's weights-only unpickler names what it refused on a line of its own, after a generic preamble
+        reason = next((line for line in lines if line.startswith(("Trying to load", "Unsupported"))), lines[0] if lines else type(err).__name__)
         raise ConfigError(
-            f"ckpt_path={str(path)!r} was refused: it holds pickled Python objects beyond tensors and plain data, which could run "
-            f"code when loaded ({first_line}). mlplab's checkpoints never need that; only load files from a source you trust, "
-            "and re-save them as a plain state_dict."
+            f"ckpt_path={str(path)!r} was refused: torch.load(weights_only=True) could not read it ({reason}). Either it is not a "
+            "PyTorch file, or it holds pickled Python objects beyond tensors and plain data, which could run code when loaded. "
+            "mlplab's checkpoints never need that; only load files from a source you trust, and re-save them as a plain state_dict."
         ) from err
     except (RuntimeError, EOFError, OSError) as err:
-        raise ConfigError(f"ckpt_path={str(path)!r} is not a readable checkpoint (truncated, or not a PyTorch file): {err}") from err
+        # (torch.load's EOFError on an empty file has no message of its own)
+        detail = str(err).strip() or f"{type(err).__name__} after {Path(path).stat().st_size} bytes"
+        raise ConfigError(f"ckpt_path={str(path)!r} is not a readable checkpoint (truncated, or not a PyTorch file): {detail}") from err

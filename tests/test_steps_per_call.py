@@ -58,18 +58,19 @@ def test_same_weights_steps_and_metrics_as_one_step_per_call(tiny_dm_factory, tm
     assert lrs[0] == lrs[1]
 
 
-@pytest.mark.parametrize("limit", [{"max_steps": 10}, {"fast_dev_run": 1}, {"fast_dev_run": 3}])
-def test_max_steps_inside_a_group_stops_where_one_step_per_call_stops(tiny_dm_factory, tmp_path, limit):
-    # 10 = one whole group of 4 in the second epoch plus 2 of the next (7 batches per epoch: groups of 4 and 3);
-    # OneCycleLR gets total_steps = max_steps and refuses to be stepped once more
-    onecycle = CASES["sgd+onecycle(step)"]
-    one, trainer_one = train(tiny_dm_factory, tmp_path, 1, epochs=5, trainer_kwargs=limit, **onecycle)
-    four, trainer_four = train(tiny_dm_factory, tmp_path, 4, epochs=5, trainer_kwargs=limit, **onecycle)
-    expected = limit.get("max_steps", limit.get("fast_dev_run"))
-    assert trainer_one.global_step == trainer_four.global_step == expected
-    assert trainer_four.train_dataloader.batches_served == expected % 7  # batches of the last epoch actually trained on
+@pytest.mark.parametrize("max_steps", [10, 3, 7])
+@pytest.mark.parametrize("case", ["sgd+onecycle(step)", "sgd+steplr(epoch)", "sgd+plateau"])
+def test_max_steps_inside_a_group_stops_where_one_step_per_call_stops(tiny_dm_factory, tmp_path, case, max_steps):
+    # 7 batches per epoch, groups of 4 and 3: 10 and 3 stop inside a group, 7 at the first epoch's end.
+    # OneCycleLR gets total_steps = max_steps and refuses to be stepped once more; Lightning steps epoch
+    # schedulers only after an epoch that ran to its end (plateau: before any validation there is no val/loss)
+    one, trainer_one = train(tiny_dm_factory, tmp_path, 1, epochs=5, trainer_kwargs={"max_steps": max_steps}, **CASES[case])
+    four, trainer_four = train(tiny_dm_factory, tmp_path, 4, epochs=5, trainer_kwargs={"max_steps": max_steps}, **CASES[case])
+    assert not four.automatic_optimization and trainer_one.global_step == trainer_four.global_step == max_steps
+    assert trainer_four.train_dataloader.batches_served == (max_steps % 7 or 7)  # batches of the last epoch trained on
     for (name, a), (_, b) in zip(one.state_dict().items(), four.state_dict().items(), strict=True):
         assert torch.equal(a, b), name
+    assert trainer_one.lr_scheduler_configs[0].scheduler.state_dict() == trainer_four.lr_scheduler_configs[0].scheduler.state_dict()
 
 
 def test_metrics_fed_in_chunks_equal_metrics_fed_once_per_epoch(tiny_dm_factory, tmp_path, monkeypatch):
@@ -102,6 +103,13 @@ def test_grouped_loader_serves_the_same_batches(tiny_dm_factory):
     flat = [batch for group in groups for batch in group]
     assert grouped.batches_served == 7
     assert all(torch.equal(a[1], b[1]) for a, b in zip(single, flat, strict=True))
+
+
+def test_fast_dev_run_falls_back_to_one_step_per_call_and_validates(tiny_dm_factory, tmp_path):
+    # Lightning's fast_dev_run=N: N training batches, the epoch's end, then N validation batches
+    model, trainer = train(tiny_dm_factory, tmp_path, 4, trainer_kwargs={"fast_dev_run": 3})
+    assert model.automatic_optimization and trainer.global_step == 3
+    assert "val/loss" in trainer.callback_metrics
 
 
 def test_trainer_gradient_clipping_falls_back_to_one_step_per_call(tiny_dm_factory, tmp_path):

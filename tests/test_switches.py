@@ -193,6 +193,11 @@ def test_warmup_cosine_follows_its_formula_per_step(tiny_dm_factory, tmp_path):
         assert lr == pytest.approx(0.1 * factor, rel=1e-6, abs=1e-12)
 
 
+def test_warmup_longer_than_the_fit_is_a_config_error(tiny_dm_factory, tmp_path):
+    with pytest.raises(ConfigError, match=r"warmup_steps=30 is not allowed; it must be in \[0, total_steps=20\)"):
+        _lr_run(tiny_dm_factory, tmp_path, functools.partial(WarmupCosineLR, warmup_steps=30), epochs=4, interval="step")
+
+
 # ---------------------------------------------------------------- gradient clipping and the logged gradient norm
 
 

@@ -15,7 +15,7 @@ import functools
 import inspect
 import itertools
 import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from typing import Any, Literal
 
 import torch
@@ -124,7 +124,7 @@ class LitMLP(LightningModule):
             optimizer steps (a call stops inside its group). Trainer gradient clipping
             or accumulation (automatic optimization only), and Lightning's ``WeightAveraging``
             callbacks (``EMAWeightAveraging``: they update the average once per call) make it fall
-            back to one step per call.
+            back to one step per call, and so does ``fast_dev_run`` (Lightning's N batches, then validation).
         compile: compile the network with ``torch.compile`` when training starts (in place, so
             checkpoints keep their keys and load into an uncompiled model).
     """
@@ -209,6 +209,7 @@ class LitMLP(LightningModule):
         self.own_before_optimizer_step = True  # (set per fit in on_train_start, with grad_norm_every)
         self.grad_norm_every = 50
         self.net_compiled = False
+        self.call_cut_short = False  # whether max_steps stopped the latest training_step call inside its group
 
     @property
     def automatic_optimization(self) -> bool:
@@ -217,7 +218,9 @@ class LitMLP(LightningModule):
             return self._automatic_optimization
         trainer = self._trainer  # (read every step: the cheap cases above come first)
         return trainer is not None and (
-            bool(trainer.gradient_clip_val)
+            # a fast_dev_run of N batches must end its epoch at batch N (validation, epoch-end hooks), as Lightning's does
+            bool(trainer.fast_dev_run)
+            or bool(trainer.gradient_clip_val)
             or trainer.accumulate_grad_batches != 1
             # WeightAveraging callbacks (EMAWeightAveraging) update their average once per call: one step per call
             or any(isinstance(callback, WeightAveraging) for callback in trainer.callbacks)
@@ -456,12 +459,12 @@ class LitMLP(LightningModule):
         # the manual loop counts one global step per optimizer step: read once per call, not per step (in a running
         # loop the property chain behind global_step costs about 10 µs, 2 ms per Fashion-MNIST epoch)
         step = self.global_step
-        micro_batches: Iterable[Any] = batch if isinstance(batch, BatchGroup) else [batch]
-        if self.trainer.max_steps >= 0:
-            # Lightning checks max_steps (fast_dev_run sets it too) between calls only: stop inside the group where
-            # one step per call would stop (a BatchGroup gathers its batches lazily: the rest are never served)
-            micro_batches = itertools.islice(micro_batches, max(0, self.trainer.max_steps - step))
-        for micro_batch in micro_batches:
+        micro_batches: Sequence[Any] = batch if isinstance(batch, BatchGroup) else [batch]
+        # Lightning checks max_steps between calls only: stop inside the group where one step per call would stop
+        # (a BatchGroup gathers its batches lazily: the rest are never served)
+        steps = len(micro_batches) if self.trainer.max_steps < 0 else min(len(micro_batches), max(0, self.trainer.max_steps - step))
+        self.call_cut_short = steps < len(micro_batches)
+        for micro_batch in itertools.islice(micro_batches, steps):
             closure = functools.partial(self._closure, optimizer, micro_batch)
             if self.plain_optimizer_step:
                 self._plain_optimizer_step(optimizer, closure, step)
@@ -581,8 +584,16 @@ class LitMLP(LightningModule):
         self._log_epoch_metrics("train")
         self.log("train/optimizer_steps_per_epoch", float(self.global_step - self.epoch_start_step))
         self.log("train/optimizer_steps", float(self.global_step))
-        if not self.automatic_optimization:
+        if not self.automatic_optimization and self._epoch_ran_to_its_end():
             self._step_schedulers("epoch")
+
+    def _epoch_ran_to_its_end(self) -> bool:
+        """Whether Lightning would step epoch-interval schedulers now (it does not when max_steps/max_time cut the epoch).
+
+        (Lightning's own test, the epoch loop's ``_num_ready_batches_reached``, counts calls: a last call that
+        max_steps cut short inside its group is an unfinished epoch too.)
+        """
+        return self.trainer.fit_loop.epoch_loop._num_ready_batches_reached() and not self.call_cut_short
 
     def validation_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
         self._step(batch, "val")

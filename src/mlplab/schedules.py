@@ -12,6 +12,8 @@ import math
 from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LambdaLR
 
+from mlplab.errors import ConfigError
+
 
 class WarmupCosineLR(LambdaLR):
     """Linear warm-up from ``lr / warmup_steps`` to ``lr`` over ``warmup_steps`` steps, then cosine decay to ``min_lr_ratio * lr``.
@@ -23,9 +25,13 @@ class WarmupCosineLR(LambdaLR):
 
     def __init__(self, optimizer: Optimizer, warmup_steps: int = 100, total_steps: int | None = None, min_lr_ratio: float = 0.0) -> None:
         if total_steps is None:
-            raise ValueError("WarmupCosineLR needs total_steps (mlplab's LitMLP fills it from the Trainer).")
+            raise ConfigError("WarmupCosineLR needs total_steps (mlplab's LitMLP fills it from the Trainer).")
         if not 0 <= warmup_steps < total_steps:
-            raise ValueError(f"warmup_steps={warmup_steps} must be in [0, total_steps={total_steps}).")
+            raise ConfigError(
+                f"WarmupCosineLR's warmup_steps={warmup_steps} is not allowed; it must be in [0, total_steps={total_steps}), "
+                "and total_steps is the number of optimizer steps this fit takes (max_epochs x steps per epoch, or max_steps): "
+                "lower model.lr_scheduler.init_args.warmup_steps or train longer."
+            )
         self.warmup_steps, self.total_steps, self.min_lr_ratio = warmup_steps, total_steps, min_lr_ratio
         super().__init__(optimizer, self.factor)
 

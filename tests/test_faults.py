@@ -125,6 +125,10 @@ BAD_CONFIGS = {
     "ckpt_path missing": (["--ckpt_path=missing.ckpt"], ["ckpt_path='missing.ckpt' does not exist"]),
     "checkpoint monitor never logged": (["--checkpoint.monitor=val/accuracy"], ["'val/accuracy'", "never logged", "val/acc,"]),
     "early-stopping monitor never logged": (["--early_stopping.monitor=val/los"], ["'val/los'", "never logged", "val/loss"]),
+    "plateau without validation every epoch": (
+        ["--model.lr_scheduler=torch.optim.lr_scheduler.ReduceLROnPlateau", "--trainer.check_val_every_n_epoch=2"],
+        ["model.lr_scheduler_monitor='val/loss' is a validation metric", "check_val_every_n_epoch=2", "check_val_every_n_epoch=1"],
+    ),
     "plateau monitor never logged": (
         ["--model.lr_scheduler=torch.optim.lr_scheduler.ReduceLROnPlateau", "--model.lr_scheduler_monitor=val/lozz"],
         ["model.lr_scheduler_monitor='val/lozz'", "never logged"],

@@ -193,6 +193,13 @@ def test_warmup_cosine_follows_its_formula_per_step(tiny_dm_factory, tmp_path):
         assert lr == pytest.approx(0.1 * factor, rel=1e-6, abs=1e-12)
 
 
+def test_plateau_without_a_validation_value_at_epoch_end_is_a_config_error(tiny_dm_factory, tmp_path):
+    # several steps per call (manual optimization: this module steps the scheduler); no validation batches at all
+    model = LitMLP(hidden_dims=[8], steps_per_call=4, lr_scheduler=torch.optim.lr_scheduler.ReduceLROnPlateau)
+    with pytest.raises(ConfigError, match=r"model.lr_scheduler_monitor='val/loss' has no value at the end of epoch 0, when ReduceLROnPlateau steps"):
+        fit(model, tiny_dm_factory(batch_size=40), tmp_path, limit_val_batches=0)
+
+
 def test_warmup_longer_than_the_fit_is_a_config_error(tiny_dm_factory, tmp_path):
     with pytest.raises(ConfigError, match=r"warmup_steps=30 is not allowed; it must be in \[0, total_steps=20\)"):
         _lr_run(tiny_dm_factory, tmp_path, functools.partial(WarmupCosineLR, warmup_steps=30), epochs=4, interval="step")

@@ -375,6 +375,25 @@ class LitMLP(LightningModule):
 
     def on_fit_start(self) -> None:
         self.check_monitored_metrics(self.trainer.callbacks)
+        self.check_plateau_gets_validation_every_epoch()
+
+    def check_plateau_gets_validation_every_epoch(self) -> None:
+        """ConfigError before training when ReduceLROnPlateau watches a ``val/`` metric that some epochs will not have.
+
+        It steps at every epoch end and needs the metric then (Lightning's own path fails at the first epoch
+        without validation, with a traceback).
+        """
+        target = _callable_target(self.lr_scheduler_factory)
+        every = self.trainer.check_val_every_n_epoch
+        monitor = self.hparams.lr_scheduler_monitor
+        if target is None or not issubclass(target[0], torch.optim.lr_scheduler.ReduceLROnPlateau) or not monitor.startswith("val/"):
+            return
+        if isinstance(every, int) and every > 1 and self.hparams.lr_scheduler_interval == "epoch":
+            raise ConfigError(
+                f"model.lr_scheduler_monitor={monitor!r} is a validation metric, but trainer.check_val_every_n_epoch={every} "
+                "validates only every few epochs while ReduceLROnPlateau steps after every epoch and needs it each time; "
+                "set trainer.check_val_every_n_epoch=1 or monitor a train/ metric."
+            )
 
     def on_train_start(self) -> None:
         # the sanity-check validation must not count towards the best value
@@ -561,8 +580,9 @@ class LitMLP(LightningModule):
             value = self.trainer.callback_metrics.get(monitor)
             if value is None:
                 raise ConfigError(
-                    f"model.lr_scheduler_monitor={monitor!r} was never logged; logged metrics: "
-                    f"{', '.join(sorted(self.trainer.callback_metrics)) or 'none yet'}."
+                    f"model.lr_scheduler_monitor={monitor!r} has no value at the end of epoch {self.current_epoch}, when "
+                    "ReduceLROnPlateau steps (no validation has run yet); metrics logged so far: "
+                    f"{', '.join(sorted(self.trainer.callback_metrics)) or 'none'}."
                 )
             scheduler.step(value)
         else:

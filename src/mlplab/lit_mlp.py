@@ -358,6 +358,11 @@ class LitMLP(LightningModule):
         names |= {f"train/{name}" for name in ("l1", "l2") if getattr(self, name)}
         return names
 
+    def _scheduler_is_plateau(self) -> bool:
+        """Whether the configured scheduler is a ReduceLROnPlateau (it then watches ``lr_scheduler_monitor``)."""
+        target = _callable_target(self.lr_scheduler_factory)
+        return target is not None and issubclass(target[0], torch.optim.lr_scheduler.ReduceLROnPlateau)
+
     def check_monitored_metrics(self, callbacks: Sequence[Callback]) -> None:
         """ConfigError before training when a callback or the scheduler monitors a metric this module never logs.
 
@@ -365,8 +370,7 @@ class LitMLP(LightningModule):
         keys may come from the user's own callbacks.
         """
         monitored = [(f"{type(c).__name__}(monitor={c.monitor!r})", c.monitor) for c in callbacks if getattr(c, "monitor", None)]
-        target = _callable_target(self.lr_scheduler_factory)
-        if target is not None and issubclass(target[0], torch.optim.lr_scheduler.ReduceLROnPlateau):
+        if self._scheduler_is_plateau():
             monitored.append((f"model.lr_scheduler_monitor={self.hparams.lr_scheduler_monitor!r}", self.hparams.lr_scheduler_monitor))
         logged = self.logged_metric_names()
         for owner, key in monitored:
@@ -383,10 +387,9 @@ class LitMLP(LightningModule):
         It steps at every epoch end and needs the metric then (Lightning's own path fails at the first epoch
         without validation, with a traceback).
         """
-        target = _callable_target(self.lr_scheduler_factory)
         every = self.trainer.check_val_every_n_epoch
         monitor = self.hparams.lr_scheduler_monitor
-        if target is None or not issubclass(target[0], torch.optim.lr_scheduler.ReduceLROnPlateau) or not monitor.startswith("val/"):
+        if not self._scheduler_is_plateau() or not monitor.startswith("val/"):
             return
         if isinstance(every, int) and every > 1 and self.hparams.lr_scheduler_interval == "epoch":
             raise ConfigError(

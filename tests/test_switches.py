@@ -305,6 +305,24 @@ def test_augmentation_changes_training_batches_only(tiny_dm_factory, tmp_path):
     assert not any(torch.equal(seen["train"], x) for x, _ in first_train)
 
 
+@pytest.mark.parametrize("steps_per_call", [1, 4])
+def test_augment_epochs_augments_only_the_first_epochs(tiny_dm_factory, tmp_path, steps_per_call):
+    dm = tiny_dm_factory(augment_elastic=8.0, augment_epochs=2)
+    augmented_in_epoch = []
+    dm.augment.register_forward_hook(lambda module, args, output: augmented_in_epoch.append(dm.trainer.current_epoch))
+    trainer = fit(LitMLP(hidden_dims=[8], steps_per_call=steps_per_call), dm, tmp_path, epochs=4, num_sanity_val_steps=0)
+    batches_per_epoch = trainer.global_step // 4
+    assert batches_per_epoch > 1
+    assert augmented_in_epoch == [0] * batches_per_epoch + [1] * batches_per_epoch
+
+
+def test_bad_augment_epochs_names_value_and_what_is_allowed(tiny_dm_factory):
+    with pytest.raises(ConfigError, match=r"data.augment_epochs=-1 is not allowed; it is a number of epochs >= 0"):
+        tiny_dm_factory(augment_elastic=8.0, augment_epochs=-1)
+    with pytest.raises(ConfigError, match=r"data.augment_epochs=5 has no effect without augmentation"):
+        tiny_dm_factory(augment_epochs=5)
+
+
 def test_translation_moves_the_image_and_flip_mirrors_it():
     image = torch.zeros(1, 1, 28, 28)
     image[..., 10:18, 4:8] = 1.0

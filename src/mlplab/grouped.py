@@ -1,0 +1,179 @@
+"""The speed path: Lightning's training loop, served a group of batches per fetch, stepping once per batch.
+
+Lightning's per-batch machinery (data fetcher, the generic hook dispatch over every callback,
+the automatic-optimization closure, strategy and precision plugin) costs about as much as a
+small MLP's step. :class:`GroupedTrainingEpochLoop` keeps Lightning's loop and its counters as
+they are and only makes one batch cheaper to reach:
+
+- the train loader serves a :class:`~mlplab.data.loader.BatchGroup` of consecutive batches per
+  fetch (``len(loader)`` still counts batches);
+- each ``advance`` of the epoch loop takes the next batch of that group and runs Lightning's own
+  per-batch sequence for it — progress counters, logger-connector calls, ``on_train_batch_start``
+  / ``on_train_batch_end`` of every callback that overrides them (the others are skipped, not
+  called with nothing to do), the manual-optimization step, and Lightning's own
+  ``on_advance_end`` (validation checks, the logger's step counter, SIGTERM).
+
+So every Trainer flag, progress bar, logger step and per-batch callback sees one batch per
+step, exactly as with one step per call. Private Lightning APIs used by mlplab live here; each
+use says why. :func:`check_lightning_version` refuses a Lightning outside the range this was
+written and tested for.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from typing import Any
+
+import lightning
+from lightning.pytorch import Callback, LightningModule, Trainer
+from lightning.pytorch.loops.training_epoch_loop import _TrainingEpochLoop
+from lightning.pytorch.trainer import call
+from lightning.pytorch.utilities.model_helpers import is_overridden
+from packaging.version import Version
+
+from mlplab.data.loader import BatchGroup
+from mlplab.errors import ConfigError
+
+# the Lightning releases this module was written and tested against (pyproject.toml says the same)
+LIGHTNING_RANGE = (Version("2.6"), Version("2.7"))
+PER_BATCH_HOOKS = ("on_train_batch_start", "on_train_batch_end")
+# LightningModule hooks that only automatic optimization calls: a subclass overriding one needs Lightning's own step
+AUTOMATIC_OPTIMIZATION_HOOKS = ("training_step", "optimizer_step", "optimizer_zero_grad", "backward", "configure_gradient_clipping", "lr_scheduler_step")
+
+
+def check_lightning_version(version: str = lightning.__version__) -> None:
+    """ConfigError unless ``version`` is in :data:`LIGHTNING_RANGE` (the private APIs below may move in other releases)."""
+    low, high = LIGHTNING_RANGE
+    if not low <= Version(version) < high:
+        raise ConfigError(
+            f"lightning {version} is installed, but mlplab's training loop was written and tested for lightning >= {low}, < {high} "
+            f"(it uses Lightning internals that may differ elsewhere); install a release in that range: pip install 'lightning>={low},<{high}'."
+        )
+
+
+def one_step_per_call_reason(module: LightningModule, trainer: Trainer, base: type[LightningModule]) -> str | None:
+    """Why this fit must take Lightning's own automatic-optimization step per batch, or None if the grouped loop can run.
+
+    ``base`` is the module class whose hooks the grouped loop knows (a subclass overriding one of
+    :data:`AUTOMATIC_OPTIMIZATION_HOOKS` wrote it for automatic optimization).
+    """
+    if trainer.gradient_clip_val:
+        return f"Trainer gradient clipping (gradient_clip_val={trainer.gradient_clip_val}) runs under automatic optimization only"
+    if trainer.accumulate_grad_batches != 1:
+        return f"accumulate_grad_batches={trainer.accumulate_grad_batches} runs under automatic optimization only"
+    overridden = [hook for hook in AUTOMATIC_OPTIMIZATION_HOOKS if is_overridden(hook, module, base)]
+    if overridden:
+        return f"{type(module).__name__} overrides {', '.join(overridden)}, which Lightning calls per batch under automatic optimization"
+    return None
+
+
+def epoch_ran_to_its_end(trainer: Trainer) -> bool:
+    """Whether the epoch ending now served all its batches (Lightning steps epoch schedulers then, not after a cut by max_steps/max_time)."""
+    # private: the epoch loop's own test, which Lightning's automatic scheduler stepping uses
+    return trainer.fit_loop.epoch_loop._num_ready_batches_reached()
+
+
+class GroupedTrainingEpochLoop(_TrainingEpochLoop):
+    """Lightning's training epoch loop, taking its batches one at a time from groups of batches.
+
+    Installed by :func:`install_grouped_loop` (the Trainer builds its own ``_TrainingEpochLoop``
+    and offers no public way to change it). When the module is not grouping
+    (``module.grouped_steps`` is false) every call goes to Lightning's own ``advance``.
+    """
+
+    group: BatchGroup | None
+    position: int
+    hooked: dict[str, list[Callback]]
+
+    def reset(self) -> None:
+        super().reset()
+        self.group, self.position = None, 0  # a group cut short by max_steps is not carried into the next epoch
+
+    def advance(self, data_fetcher: Any) -> None:
+        trainer = self.trainer
+        module = trainer.lightning_module
+        if not getattr(module, "grouped_steps", False):
+            return super().advance(data_fetcher)
+        # the start of Lightning's advance: a restart that ends in validation, and SIGTERM on several processes
+        if self.restarting and self._should_check_val_fx(data_fetcher):
+            if self.val_loop.restarted_mid_evaluation:
+                return None
+            if self.restarted_on_last:
+                self._skip_next_val = True
+                return None
+            self.val_loop.increment_progress_to_evaluation_end()
+        self.val_loop.restarting = False
+        if trainer.world_size > 1:
+            self._broadcast_sigterm_tensor()
+
+        batch = self._next_batch(data_fetcher, module)
+        batch_idx = self.batch_idx + 1
+        # the rest of Lightning's advance, for this one batch
+        self.batch_progress.increment_ready()
+        trainer._logger_connector.on_batch_start(batch)
+        self._dispatch("on_train_batch_start", module, batch, batch_idx)
+        response = self._module_hook("on_train_batch_start", module, batch, batch_idx)
+        trainer.strategy.on_train_batch_start(batch, batch_idx)
+        if response == -1:  # the module asks to skip the rest of the epoch
+            self.batch_progress.increment_by(0, is_last_batch=True)
+            self.batch_progress.increment_processed()
+            raise StopIteration
+        self.batch_progress.increment_started()
+        with trainer.profiler.profile("run_training_batch"):
+            output = self.manual_optimization.run(self._build_kwargs(OrderedDict(), batch, batch_idx))
+        self.batch_progress.increment_processed()
+        self._dispatch("on_train_batch_end", module, output, batch, batch_idx)
+        self._module_hook("on_train_batch_end", module, output, batch, batch_idx)
+        trainer._logger_connector.on_batch_end()
+        self.batch_progress.increment_completed()
+        trainer._logger_connector.update_train_step_metrics()
+        return None
+
+    def _next_batch(self, data_fetcher: Any, module: LightningModule) -> Any:
+        """The next batch of the current group, fetching (and transferring) the next group when this one is used up."""
+        if getattr(self, "group", None) is None or self.position == len(self.group):
+            group, _, _ = next(data_fetcher)  # StopIteration ends the epoch, as in Lightning's advance
+            trainer = self.trainer
+            # what Lightning's advance does to each fetched item (the DataModule's hooks handle a group)
+            group = trainer.precision_plugin.convert_input(group)
+            group = module._on_before_batch_transfer(group, dataloader_idx=0)
+            group = call._call_strategy_hook(trainer, "batch_to_device", group, dataloader_idx=0)
+            self.group, self.position = (group if isinstance(group, BatchGroup) else BatchGroup.of(group, data_fetcher.done)), 0
+            self.hooked = {hook: [c for c in trainer.callbacks if is_overridden(hook, c, Callback)] for hook in PER_BATCH_HOOKS}
+        batch = self.group[self.position]
+        self.position += 1
+        # Lightning reads this from the fetcher, which counts groups: the loader knows which batch ends the epoch
+        self.batch_progress.is_last_batch = self.position == len(self.group) and self.group.ends_epoch
+        return batch
+
+    def _dispatch(self, hook: str, module: LightningModule, *args: Any) -> None:
+        """``call._call_callback_hooks`` for the callbacks that override ``hook`` (the others would do nothing)."""
+        callbacks = self.hooked[hook]
+        if not callbacks:
+            return
+        previous = module._current_fx_name
+        module._current_fx_name = hook  # what self.log inside a callback hook checks, as Lightning sets it
+        for callback in callbacks:
+            getattr(callback, hook)(self.trainer, module, *args)
+        module._current_fx_name = previous
+
+    @staticmethod
+    def _module_hook(hook: str, module: LightningModule, *args: Any) -> Any:
+        """``call._call_lightning_module_hook`` for a hook the module overrides (Lightning's defaults do nothing)."""
+        if not is_overridden(hook, module, LightningModule):
+            return None
+        previous = module._current_fx_name
+        module._current_fx_name = hook
+        try:
+            return getattr(module, hook)(*args)
+        finally:
+            module._current_fx_name = previous
+
+
+def install_grouped_loop(trainer: Trainer) -> None:
+    """Give ``trainer`` the grouped epoch loop (its state, counters and restored progress stay as they are)."""
+    epoch_loop = trainer.fit_loop.epoch_loop
+    if type(epoch_loop) is _TrainingEpochLoop:
+        # private: Trainer.fit_loop.epoch_loop is built by the Trainer; swapping the class keeps every attribute
+        epoch_loop.__class__ = GroupedTrainingEpochLoop
+        epoch_loop.group, epoch_loop.position = None, 0

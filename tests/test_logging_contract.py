@@ -1,0 +1,74 @@
+"""The contract of the speed path: what TensorBoard and the progress bar show does not depend on steps_per_call.
+
+The same `mlplab fit` on real MNIST, with one batch per fetch and with the default 64, read back
+with TensorBoard's EventAccumulator: the same tags, the same steps for each tag, the same values
+(training is deterministic on the CPU), and the same progress-bar counts. This guards every later
+change of the grouped loop.
+"""
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+from tests.conftest import REAL_DATA_DIR, ROOT
+
+MLPLAB = str(Path(sys.executable).parent / "mlplab")
+# 100 batches of 128 per epoch: groups of 64 and 36 with the default steps_per_call
+FIT = [
+    "fit", "--config", "configs/mnist.yaml", "--trainer.max_epochs=2", "--trainer.limit_train_batches=100",
+    "--trainer.limit_val_batches=5", "--trainer.log_every_n_steps=10", "--trainer.val_check_interval=50",
+    "--gradient_norms=mlplab.callbacks.LayerGradientNorms", "--gradient_norms.every_n_steps=30", "--gradient_norms.histograms=true",
+]
+PROGRESS = re.compile(r"Epoch (\d+):\s+\d+%\|[^|]*\|\s*(\d+)/(\d+)")
+
+
+def fit(logs: Path, *extra: str) -> tuple[EventAccumulator, dict[int, tuple[int, int]]]:
+    command = [MLPLAB, *FIT, f"--trainer.logger.init_args.save_dir={logs}", f"--data.data_dir={REAL_DATA_DIR}", *extra]
+    result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    # the last count the training bar (on stdout) showed in each epoch, and its total
+    bars = {int(epoch): (int(n), int(total)) for epoch, n, total in PROGRESS.findall(result.stdout.replace("\r", "\n"))}
+    events = EventAccumulator(str(logs / "mnist" / "version_0"), size_guidance={"scalars": 0, "images": 0, "histograms": 0})
+    events.Reload()
+    return events, bars
+
+
+@pytest.fixture(scope="module")
+def runs(real_mnist, tmp_path_factory):
+    one = fit(tmp_path_factory.mktemp("one") / "logs", "--model.steps_per_call=1")
+    grouped = fit(tmp_path_factory.mktemp("grouped") / "logs")  # the default: 64 batches per fetch
+    return one, grouped
+
+
+def test_same_tags_steps_and_values_with_one_or_64_steps_per_call(runs):
+    (one, _), (grouped, _) = runs
+    for kind in ("scalars", "images", "histograms"):
+        assert one.Tags()[kind] == grouped.Tags()[kind], kind
+    for tag in one.Tags()["scalars"]:
+        expected, seen = [(e.step, e.value) for e in one.Scalars(tag)], [(e.step, e.value) for e in grouped.Scalars(tag)]
+        assert expected == seen, tag
+    for tag in one.Tags()["images"]:
+        assert [(e.step, e.encoded_image_string) for e in one.Images(tag)] == [(e.step, e.encoded_image_string) for e in grouped.Images(tag)], tag
+    for tag in one.Tags()["histograms"]:
+        assert [(e.step, e.histogram_value) for e in one.Histograms(tag)] == [(e.step, e.histogram_value) for e in grouped.Histograms(tag)], tag
+
+
+def test_the_step_axis_counts_optimizer_steps(runs):
+    (_, _), (grouped, _) = runs
+    # 2 epochs x 100 batches: Lightning writes step metrics after batch b when (b + 1) % 10 == 0, at step b
+    assert [e.step for e in grouped.Scalars("lr-Adam")] == list(range(9, 200, 10))
+    assert [e.step for e in grouped.Scalars("train/grad_norm")] == list(range(9, 200, 10))
+    # epoch-level metrics at the epoch's last batch; validation every 50 batches
+    assert [e.step for e in grouped.Scalars("train/loss")] == [99, 199]
+    assert [e.step for e in grouped.Scalars("val/acc")] == [49, 99, 149, 199]
+    assert [e.value for e in grouped.Scalars("train/optimizer_steps")] == [100.0, 200.0]
+    assert [e.step for e in grouped.Histograms("weights/net.output.weight")] == list(range(0, 200, 30))
+
+
+def test_the_progress_bar_counts_batches(runs):
+    (_, one_bars), (_, grouped_bars) = runs
+    assert one_bars == grouped_bars == {0: (100, 100), 1: (100, 100)}

@@ -4,7 +4,7 @@ PYTHON ?= python3
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: train test data install clean
+.PHONY: train test test-fast dashboard-screenshot data install clean
 
 install: $(STAMP)
 
@@ -22,6 +22,16 @@ train: data
 
 test: data
 	$(BIN)/python -m pytest
+
+# the edit-test loop: everything but the slow tier
+test-fast: data
+	$(BIN)/python -m pytest -m "not slow"
+
+# docs/img/tensorboard.png: a short fit, then TensorBoard's Time Series page in headless Chromium
+dashboard-screenshot: data
+	rm -rf logs/screenshot
+	$(BIN)/mlplab fit --config configs/fast/mnist_98.yaml --trainer.logger.init_args.save_dir=logs/screenshot --trainer.enable_progress_bar=false
+	$(BIN)/python -m tools.dashboard logs/screenshot docs/img/tensorboard.png acc
 
 clean:
 	rm -rf logs .pytest_cache

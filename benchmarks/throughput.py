@@ -141,7 +141,7 @@ TRAINING_STEP = "training_step: forward, backward, optimizer step, per-step book
 GATHER = "gathering training batches (index_select)"
 PHASES = {
     TRAINING_STEP: (LitMLP, "training_step"),
-    "train metric updates and finiteness check (once per call)": (LitMLP, "on_train_batch_end"),
+    "train metric updates and finiteness check (every steps_per_call steps)": (LitMLP, "on_train_batch_end"),
     "train epoch-end metrics and logging": (LitMLP, "on_train_epoch_end"),
     "validation loop (all of it)": (_EvaluationLoop, "run"),
     "checkpoint writes": (Trainer, "save_checkpoint"),
@@ -152,8 +152,7 @@ PHASES = {
 def phase_timers(totals: dict[str, float]) -> Iterator[None]:
     """Add the wall time spent in each of ``PHASES`` (and in gathering training batches) to ``totals``.
 
-    Timers wrap whole calls (one per training call, validation run or checkpoint), so they add
-    microseconds per epoch, except the batch gathering timer: about 1 µs per batch.
+    Timers wrap whole calls (one per training step, validation run or checkpoint): about 1 µs each.
     """
     originals = {name: getattr(owner, attr) for name, (owner, attr) in PHASES.items()}
     original_start_epoch = TensorBatchLoader._start_epoch
@@ -205,8 +204,6 @@ def print_breakdown(config: str, epochs: int) -> None:
     epoch_ms = (starts[-1] - starts[1]) / counted * 1e3
     print(f"  breakdown of (c), ms per epoch over {counted} epochs ({epoch_ms:.1f} ms in all):")
     phases = {name: (totals[name] - warm_up.get(name, 0.0)) / counted * 1e3 for name in totals}
-    if not cli.model.automatic_optimization:  # grouped steps gather their batches inside training_step
-        phases[TRAINING_STEP] -= phases[GATHER]
     for name, value in sorted(phases.items(), key=lambda item: -item[1]):
         print(f"    {value:7.1f}  {name}")
     print(f"    {epoch_ms - sum(phases.values()):7.1f}  the rest: Lightning's loop, callbacks, progress bar, TensorBoard")

@@ -32,8 +32,8 @@ def test_print_config_succeeds_for_every_config(config, capsys, monkeypatch):
     assert printed["data"]["class_path"].startswith("mlplab.data.")
     for key in ("optimizer", "lr_scheduler"):
         if base and key in fragment.get("model", {}):
-            assert printed["model"][key]["class_path"] == fragment["model"][key]["class_path"]
-            assert printed["model"][key]["init_args"] | fragment["model"][key]["init_args"] == printed["model"][key]["init_args"]
+            assert printed["model"]["init_args"][key]["class_path"] == fragment["model"][key]["class_path"]
+            assert printed["model"]["init_args"][key]["init_args"] | fragment["model"][key]["init_args"] == printed["model"]["init_args"][key]["init_args"]
 
 
 def test_defaults_callbacks_logger_and_seed(capsys, monkeypatch):
@@ -54,9 +54,9 @@ def test_configs_compose_and_command_line_overrides(capsys, monkeypatch):
     printed = print_config(
         capsys, "--config", "configs/fashion_mnist.yaml", "--config", "configs/seeds/d2l_fashion_mlp.yaml", "--model.optimizer=SGD", "--model.optimizer.lr=0.05"
     )
-    assert printed["model"]["optimizer"]["class_path"] == "torch.optim.SGD"
-    assert printed["model"]["optimizer"]["init_args"]["lr"] == 0.05
-    assert printed["early_stopping"] is None and printed["model"]["hidden_dims"] == [256]
+    assert printed["model"]["init_args"]["optimizer"]["class_path"] == "torch.optim.SGD"
+    assert printed["model"]["init_args"]["optimizer"]["init_args"]["lr"] == 0.05
+    assert printed["early_stopping"] is None and printed["model"]["init_args"]["hidden_dims"] == [256]
 
 
 def test_bad_value_gives_one_paragraph_and_nonzero_exit(tmp_path):

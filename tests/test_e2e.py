@@ -1,5 +1,6 @@
 """End to end on the real MNIST files: the real `mlplab` command, a few batches, then reload."""
 
+import os
 import re
 import subprocess
 import sys
@@ -77,7 +78,7 @@ def test_reloaded_checkpoint_gives_the_same_test_accuracy_in_a_new_process(short
 def test_diverging_run_stops_with_one_paragraph_and_no_checkpoint(real_mnist, tmp_path):
     command = [
         MLPLAB, "fit", "--config", "configs/fast/mnist_98.yaml", "--model.optimizer=SGD", "--model.optimizer.lr=1e6",
-        "--model.lr_scheduler=null", "--trainer.max_epochs=1", "--trainer.limit_train_batches=2", "--trainer.enable_progress_bar=false",
+        "--model.lr_scheduler=null", "--trainer.max_epochs=1", "--trainer.limit_train_batches=128", "--trainer.enable_progress_bar=false",
         f"--trainer.logger.init_args.save_dir={tmp_path}", f"--data.data_dir={REAL_DATA_DIR}",
     ]
     result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=300)
@@ -142,4 +143,61 @@ def test_predict_writes_a_csv_for_the_test_split_and_for_a_png_folder(short_run,
     png_rows = predict_csv(tmp_path, short_run["ckpt"], f"--data.predict_dir={pngs}")
     assert png_rows[0][0] == "file" and [row[0] for row in png_rows[1:]] == ["a.png", "b.png", "c.png"]
     by_name = {row[0]: row[1:] for row in png_rows[1:]}
-    assert [by_name["c.png"], by_name["a.png"], by_name["b.png"]] == [row[1:] for row in rows[1:4]]  # same pixels, same output
+    assert [by_name[name][0] for name in ("c.png", "a.png", "b.png")] == [row[1] for row in rows[1:4]]  # same pixels, same class
+    # and the same probabilities, up to the last printed digit (a batch of 3 sums in another order than the test split's)
+    png_probabilities = torch.tensor([[float(v) for v in by_name[name][1:]] for name in ("c.png", "a.png", "b.png")])
+    torch.testing.assert_close(png_probabilities, probabilities[:3], atol=2e-6, rtol=0)
+
+
+def test_predict_writes_no_tensorboard_run(short_run, real_mnist, tmp_path):
+    logs = tmp_path / "logs"
+    predict_csv(tmp_path, short_run["ckpt"], f"--trainer.logger.init_args.save_dir={logs}")
+    assert not logs.exists()
+
+
+def test_testing_a_checkpoint_logs_into_the_run_that_trained_it_at_its_last_step(short_run, real_mnist):
+    run = short_run["ckpt"].parent.parent
+    config_before = (run / "config.yaml").read_text()
+    command = [MLPLAB, "test", "--config", "configs/mnist.yaml", f"--ckpt_path={short_run['ckpt']}", f"--data.data_dir={REAL_DATA_DIR}",
+               "--trainer.limit_test_batches=3", "--trainer.enable_progress_bar=false", f"--trainer.logger.init_args.save_dir={short_run['logs']}"]
+    result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert sorted(p.name for p in run.parent.iterdir()) == ["version_0"]  # no new run
+    assert (run / "config.yaml").read_text() == config_before  # the fit's config is kept
+    events = EventAccumulator(str(run), size_guidance={"scalars": 0})
+    events.Reload()
+    optimizer_steps = int(events.Scalars("train/optimizer_steps")[-1].value)
+    test_acc = events.Scalars("test/acc")  # the fit's own test, then this one's, both after the run's last optimizer step
+    assert len(test_acc) == 2 and {e.step for e in test_acc} == {optimizer_steps}
+    assert events.Scalars("hp_metric")[-1].value == pytest.approx(events.Scalars("val/acc_best")[-1].value)  # no placeholder written over it
+
+
+SUBCLASS = '''
+from mlplab import LitMLP
+
+
+class MyLitMLP(LitMLP):
+    """What a Lightning user writes: training_step unpacks its batch and returns the loss."""
+
+    def training_step(self, batch, batch_idx):
+        x, y = batch
+        loss = self.criterion(self(x), y)
+        self.log("train/my_loss", loss)
+        return loss
+'''
+
+
+def test_a_subclass_overriding_training_step_trains_through_the_cli(real_mnist, tmp_path):
+    (tmp_path / "mypackage").mkdir()
+    (tmp_path / "mypackage" / "__init__.py").write_text(SUBCLASS)
+    command = [MLPLAB, "fit", "--config", "configs/mnist.yaml", "--model=mypackage.MyLitMLP", "--trainer.max_steps=70",
+               "--trainer.limit_val_batches=2", "--trainer.enable_progress_bar=false", "--test_after_fit=false",
+               f"--trainer.logger.init_args.save_dir={tmp_path / 'logs'}", f"--data.data_dir={REAL_DATA_DIR}"]
+    env = {**os.environ, "PYTHONPATH": str(tmp_path)}
+    result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=300, env=env)
+    assert result.returncode == 0, result.stderr[-3000:]
+    output = result.stdout + result.stderr
+    assert "mlplab: Lightning's own step per batch (model.steps_per_call=64 not used): MyLitMLP overrides training_step" in output
+    assert "(1 epochs, 70 optimizer steps)" in output
+    config = (tmp_path / "logs" / "mnist" / "version_0" / "config.yaml").read_text()
+    assert "class_path: mypackage.MyLitMLP" in config and "dropout: 0.2" in config  # the config's model settings carried over

@@ -285,9 +285,10 @@ def test_ctrl_c_saves_a_mid_epoch_checkpoint_that_resumes_exactly(workdir):
     interrupted = mlplab(workdir, "fit", *tiny_args(), "--trainer.callbacks+=faulthelpers.SignalAtStep", "--trainer.callbacks.step=10",
                          "--trainer.callbacks.signal_name=SIGINT")
     output = interrupted.stdout + interrupted.stderr
-    assert interrupted.returncode == 1 and "mlplab: interrupted in epoch 1 after optimizer step 13" in output, output[-3000:]
+    # SIGINT arrives as the batch of step 11 starts (global_step 10): that step completes, then the run stops
+    assert interrupted.returncode == 1 and "mlplab: interrupted in epoch 1 after optimizer step 11" in output, output[-3000:]
     saved = torch.load(workdir / "logs/tiny/version_1/checkpoints/last.ckpt", weights_only=True)
-    assert saved["global_step"] == 13 and saved["TinyDataModule"]["train_position"] == {"epoch": 1, "batches_served": 6}
+    assert saved["global_step"] == 11 and saved["TinyDataModule"]["train_position"] == {"epoch": 1, "batches_served": 4}  # 7 batches per epoch
     resumed = mlplab(workdir, "fit", *tiny_args(), "--ckpt_path=last")
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert_same_training(final_state(workdir, 0), final_state(workdir, 1))

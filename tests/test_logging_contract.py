@@ -30,8 +30,10 @@ def fit(logs: Path, *extra: str) -> tuple[EventAccumulator, dict[int, tuple[int,
     command = [MLPLAB, *FIT, f"--trainer.logger.init_args.save_dir={logs}", f"--data.data_dir={REAL_DATA_DIR}", *extra]
     result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
-    # the last count the training bar (on stdout) showed in each epoch, and its total
-    bars = {int(epoch): (int(n), int(total)) for epoch, n, total in PROGRESS.findall(result.stdout.replace("\r", "\n"))}
+    # the highest count the training bar (on stdout) showed in each epoch, and its total
+    bars: dict[int, tuple[int, int]] = {}
+    for epoch, n, total in PROGRESS.findall(result.stdout.replace("\r", "\n")):
+        bars[int(epoch)] = max(bars.get(int(epoch), (0, 0)), (int(n), int(total)))
     events = EventAccumulator(str(logs / "mnist" / "version_0"), size_guidance={"scalars": 0, "images": 0, "histograms": 0})
     events.Reload()
     return events, bars

@@ -288,3 +288,28 @@ def test_resuming_with_ema_ends_where_an_uninterrupted_run_ends(tiny_dm_factory,
     assert ema_resumed._average_model.n_averaged.item() == ema_uninterrupted._average_model.n_averaged.item() == 21
     for (name, a), (_, b) in zip(uninterrupted.state_dict().items(), resumed.state_dict().items(), strict=True):
         assert torch.equal(a, b), name
+
+
+def test_a_lightning_release_outside_the_tested_range_is_refused_with_the_range():
+    from mlplab.errors import ConfigError
+    from mlplab.grouped import check_lightning_version
+
+    check_lightning_version()  # the installed one
+    for version in ("2.5.2", "2.7.0", "3.0.0"):
+        with pytest.raises(ConfigError, match=rf"lightning {version} is installed, but .* lightning >= 2.6, < 2.7 .*pip install 'lightning>=2.6,<2.7'"):
+            check_lightning_version(version)
+
+
+def test_a_subclass_overriding_training_step_gets_lightnings_batches(tiny_dm_factory, tmp_path, caplog):
+    class UnpacksItsBatch(LitMLP):
+        def training_step(self, batch, batch_idx):
+            x, y = batch  # a BatchGroup would not unpack
+            return self.criterion(self(x), y)
+
+    seed_everything(7)
+    model = UnpacksItsBatch(hidden_dims=[8], steps_per_call=4)
+    trainer = quiet_trainer(tmp_path, max_epochs=1, enable_checkpointing=False)
+    with caplog.at_level("INFO"):
+        trainer.fit(model, datamodule=tiny_dm_factory(batch_size=30))
+    assert model.automatic_optimization and trainer.global_step == 7 and trainer.train_dataloader.group == 1
+    assert "UnpacksItsBatch overrides training_step" in caplog.text

@@ -38,6 +38,7 @@ from lightning.pytorch.utilities.exceptions import MisconfigurationException
 
 from mlplab.callbacks import CSVPredictionWriter, LayerGradientNorms, TestDiagnostics, TrainBatchImageGrid
 from mlplab.checkpointing import AtomicCheckpointIO, GracefulInterrupt, check_checkpoint_file
+from mlplab.grouped import set_logger_step
 from mlplab.data.datamodules import DATAMODULES, InMemoryDataModule
 from mlplab.data.sources import ensure_dataset
 from mlplab.errors import ConfigError, DataError, MLPLabError
@@ -97,6 +98,7 @@ class MLPLabCLI(LightningCLI):
         super().__init__(
             LitMLP,
             InMemoryDataModule,
+            subclass_mode_model=True,
             subclass_mode_data=True,
             seed_everything_default=42,
             # errors raise ArgumentError instead of printing usage and exiting: main() reports them in one paragraph
@@ -114,9 +116,9 @@ class MLPLabCLI(LightningCLI):
         # several optimizer steps per training_step call: identical training, a fraction of Lightning's loop cost.
         # Each call also costs a train-loop pass of hooks and callbacks (about 0.5 ms); 64 steps per call
         # measured 3 % faster per epoch than 16 for seed 000's model (benchmarks/throughput.py).
-        parser.set_defaults({"model.steps_per_call": 64})
-        parser.link_arguments("data.num_classes", "model.num_classes", apply_on="instantiate")
-        parser.link_arguments("data.input_dim", "model.input_dim", apply_on="instantiate")
+        parser.set_defaults({"model": _class_default(LitMLP, steps_per_call=64)})
+        parser.link_arguments("data.num_classes", "model.init_args.num_classes", apply_on="instantiate")
+        parser.link_arguments("data.input_dim", "model.init_args.input_dim", apply_on="instantiate")
         for key, (callback_class, init_args) in OPTIONAL_CALLBACKS.items():
             parser.add_lightning_class_args(callback_class, key, subclass_mode=True, required=False)
             parser.set_defaults({key: _class_default(callback_class, **init_args)})
@@ -138,9 +140,50 @@ class MLPLabCLI(LightningCLI):
         super()._parse_ckpt_path()
 
     def before_instantiate_classes(self) -> None:
-        """Claim this run's own log folder (a resumed run continues in the folder it resumes)."""
+        """Choose where this command logs.
+
+        ``fit`` claims its own ``version_N`` folder (a resumed run continues in the folder it resumes);
+        ``validate``/``test`` of a checkpoint written by a fit log into that fit's run, so TensorBoard
+        shows their metrics beside its curves; ``predict`` writes no TensorBoard run at all (its output
+        is the CSV).
+        """
+        config = self.config[self.subcommand] if self.subcommand else self.config
         if self.subcommand == "fit" and self.resumed_version is None:
-            self._claim_log_version(self.config[self.subcommand])
+            self._claim_log_version(config)
+        elif self.subcommand == "predict":
+            config["trainer.logger"] = False
+        elif self.subcommand in ("validate", "test"):
+            self.training_run = self._log_into_training_run(config)
+
+    def _log_into_training_run(self, config: Any) -> Path | None:
+        """Point the logger at the run folder of ``ckpt_path`` (``<save_dir>/<name>/<version>/checkpoints/*.ckpt``), if it is one."""
+        logger, ckpt = self._logger_root(config), config.get("ckpt_path")
+        if logger is None or ckpt is None or "://" in str(ckpt):
+            return None
+        run = Path(ckpt).resolve().parent.parent
+        if Path(ckpt).resolve().parent.name != "checkpoints" or not (run / "hparams.yaml").is_file():
+            return None
+        init_args = logger[0]
+        init_args.save_dir, init_args.name, init_args.version = str(run.parent.parent), run.parent.name, run.name
+        # the fit's config.yaml and hparams stay as they are: this command's config is not saved over them
+        self.save_config_callback = None
+        return run
+
+    def _continue_training_run_steps(self) -> None:
+        """Log this validate/test at the step the checkpoint's fit reached, so its metrics sit at the end of the run's curves."""
+        if getattr(self, "training_run", None) is None:
+            return
+        checkpoint = torch.load(self._get(self.config, "ckpt_path"), map_location="cpu", weights_only=True)
+        # where the fit's own test after fit logs: its optimizer steps
+        set_logger_step(self.trainer, int(checkpoint.get("global_step", 0)))
+        for component in (self.model, self.datamodule):
+            component._log_hyperparams = False  # TensorBoard's hparams entry of the run keeps the fit's hp_metric
+
+    def before_validate(self) -> None:
+        self._continue_training_run_steps()
+
+    def before_test(self) -> None:
+        self._continue_training_run_steps()
 
     def _logger_root(self, config: Any) -> tuple[Any, Path] | None:
         """The TensorBoard/CSV logger's init_args and the folder holding its version_N folders, if there is one."""
@@ -203,12 +246,16 @@ class MLPLabCLI(LightningCLI):
         except MLPLabError:
             raise  # the model's own one-paragraph errors (ConfigError is a ValueError too)
         except ValueError as err:
-            # jsonargparse reports a DataModule's own ConfigError inside a long "does not validate" message:
-            # building the class directly raises the original one-paragraph error instead
-            data = (self.config.get(self.subcommand) if self.subcommand else self.config).get("data")
-            if isinstance(data, Namespace) and data.get("class_path"):
-                module, _, name = data.class_path.rpartition(".")
-                getattr(importlib.import_module(module), name)(**dict(data.get("init_args") or {}))
+            # jsonargparse reports the model's or DataModule's own ConfigError inside a long "does not validate"
+            # message: building the class directly raises the original one-paragraph error instead
+            config = self.config.get(self.subcommand) if self.subcommand else self.config
+            for key in ("model", "data"):
+                spec = config.get(key)
+                if isinstance(spec, Namespace) and spec.get("class_path"):
+                    module, _, name = spec.class_path.rpartition(".")
+                    # (nested class options, such as the optimizer, stay at their defaults: they are not what failed here)
+                    arguments = {k: v for k, v in vars(spec.get("init_args") or Namespace()).items() if not isinstance(v, Namespace)}
+                    getattr(importlib.import_module(module), name)(**arguments)
             raise ConfigError(describe_instantiation_error(err)) from err
 
     def _preflight(self) -> None:
@@ -320,7 +367,7 @@ def _class_names(module: Any, base: type) -> list[str]:
 
 def describe_argument_error(err: argparse.ArgumentError) -> str:
     """jsonargparse's multi-line explanation as one paragraph, with the allowed names for class options."""
-    text = " ".join(line.strip().lstrip("- ").strip() for line in str(err).splitlines() if line.strip())
+    text = innermost_subclass_error(" ".join(line.strip().lstrip("- ").strip() for line in str(err).splitlines() if line.strip()))
     match = re.search(r'key "([^"]+)"', text)
     key = re.sub(r"^(fit|validate|test|predict)\.", "", match.group(1)) if match else ""
     if key == "model.optimizer":
@@ -333,6 +380,22 @@ def describe_argument_error(err: argparse.ArgumentError) -> str:
         )
     if 'Parser key "lr"' in text:
         text += " model.optimizer.lr must be a positive, finite number."
+    return text
+
+
+# jsonargparse's report on a class option (model, data): every branch of its ``Class | None`` union, the class's own first
+SUBCLASS_ERROR = re.compile(
+    r'Parser key "(?P<key>[\w.]+)": Does not validate against any of the Union subtypes .*? Errors: '
+    r"Problem with given class_path '[^']+': (?P<reason>.*?)(?: Expected a <class 'NoneType'>.*)?$"
+)
+
+
+def innermost_subclass_error(text: str) -> str:
+    """``Parser key "model": Does not validate ... Parser key "optimizer": X`` -> ``Parser key "model.optimizer": X``."""
+    while (match := SUBCLASS_ERROR.search(text)) is not None:
+        key, reason = match["key"], match["reason"]
+        inner = re.match(r'Parser key "([^"]+)": ', reason)
+        text = f'Parser key "{key}.{inner[1]}": {reason[inner.end():]}' if inner else f'Parser key "{key}": {reason}'
     return text
 
 

@@ -170,6 +170,11 @@ class GroupedTrainingEpochLoop(_TrainingEpochLoop):
             module._current_fx_name = previous
 
 
+def set_logger_step(trainer: Trainer, step: int) -> None:
+    """Make ``trainer``'s loggers write at ``step`` (Lightning offers no public setter; validate/test log at this counter)."""
+    trainer.fit_loop.epoch_loop._batches_that_stepped = step
+
+
 def install_grouped_loop(trainer: Trainer) -> None:
     """Give ``trainer`` the grouped epoch loop (its state, counters and restored progress stay as they are)."""
     epoch_loop = trainer.fit_loop.epoch_loop

@@ -32,7 +32,7 @@ from torchmetrics.classification import MulticlassAccuracy, MultilabelAccuracy, 
 from mlplab.data.loader import GroupsTrainBatches
 from mlplab.data.preprocessing import Preprocessor
 from mlplab.errors import ConfigError, TrainingDivergedError
-from mlplab.grouped import epoch_ran_to_its_end, install_grouped_loop, one_step_per_call_reason
+from mlplab.grouped import check_lightning_version, epoch_ran_to_its_end, install_grouped_loop, one_step_per_call_reason
 from mlplab.models.mlp import MLP
 
 Task = Literal["multiclass", "multilabel", "regression"]
@@ -87,6 +87,17 @@ def _task_metrics(task: str, num_outputs: int) -> MetricCollection:
     if task == "multilabel":
         return MetricCollection({"acc": MultilabelAccuracy(num_outputs), "f1": MultilabelF1Score(num_outputs)})
     return MetricCollection({"mse": MeanSquaredError(), "mae": MeanAbsoluteError(), "r2": R2Score(multioutput="uniform_average")})
+
+
+def _compute_defined(metrics: MetricCollection) -> dict[str, Tensor]:
+    """``metrics.compute()``, with NaN for an R² of fewer than two samples (undefined; torchmetrics raises).
+
+    That happens to an epoch of one online-SGD step, such as a ``fast_dev_run`` of ``configs/seeds/linreg_sgd.yaml``.
+    """
+    undefined = {name for name, metric in metrics.items() if isinstance(metric, R2Score) and int(metric.total) < 2}
+    if not undefined:
+        return metrics.compute()
+    return {name: torch.tensor(float("nan")) if name in undefined else metric.compute() for name, metric in metrics.items()}
 
 
 class LitMLP(LightningModule):
@@ -232,7 +243,8 @@ class LitMLP(LightningModule):
             self.net_compiled = True
 
     def setup(self, stage: str) -> None:
-        """Check the task fits the data; adopt the DataModule's fitted pre-processing unless already fitted/restored."""
+        """Check Lightning's release and that the task fits the data; adopt the DataModule's fitted pre-processing unless already fitted/restored."""
+        check_lightning_version()
         datamodule = self.trainer.datamodule if self.trainer else None
         self.check_data_fits(datamodule)
         fitted = getattr(datamodule, "preprocessor", None)
@@ -335,7 +347,7 @@ class LitMLP(LightningModule):
         """Compute (synchronised across processes by torchmetrics), log and reset the stage's metrics."""
         self._flush_outputs(stage)
         loss_metric, metrics = getattr(self, f"{stage}_loss"), getattr(self, f"{stage}_metrics")
-        values = {f"{stage}/loss": loss_metric.compute().float(), **metrics.compute()}
+        values = {f"{stage}/loss": loss_metric.compute().float(), **_compute_defined(metrics)}
         loss_metric.reset()
         metrics.reset()
         self.log_dict(values, prog_bar=stage != "test")
@@ -643,9 +655,17 @@ class LitMLP(LightningModule):
         no_decay = [p for p in self.parameters() if p.ndim <= 1]
         return [{"params": decay}, {"params": no_decay, "weight_decay": 0.0}]
 
-    def total_optimizer_steps(self) -> int:
-        """Optimizer steps the whole fit will take (Lightning's ``estimated_stepping_batches``, grouped or not)."""
-        return int(self.trainer.estimated_stepping_batches)
+    def total_optimizer_steps(self, warmup_steps: int = 0) -> int:
+        """Optimizer steps the whole fit will take (Lightning's ``estimated_stepping_batches``, grouped or not).
+
+        Under ``fast_dev_run`` (a smoke test of a few steps) a schedule's warm-up may be longer than the
+        fit: the schedule then gets ``warmup_steps + steps``, with an info line, instead of being refused.
+        """
+        steps = int(self.trainer.estimated_stepping_batches)
+        if self.trainer.fast_dev_run and warmup_steps >= steps:
+            rank_zero_info(f"mlplab: fast_dev_run: the schedule's {warmup_steps} warm-up steps outlast this {steps}-step run; its total_steps is {warmup_steps + steps}.")
+            return warmup_steps + steps
+        return steps
 
     def configure_optimizers(self) -> Any:
         optimizer = self.optimizer_factory(self.parameter_groups())
@@ -655,7 +675,9 @@ class LitMLP(LightningModule):
         extra = {}
         target = _callable_target(self.lr_scheduler_factory)
         if target and "total_steps" in inspect.signature(target[0]).parameters and target[1].get("total_steps") is None:
-            extra, self.scheduler_interval = {"total_steps": self.total_optimizer_steps()}, "step"
+            warmup = inspect.signature(target[0]).parameters.get("warmup_steps")
+            warmup_steps = int(target[1].get("warmup_steps", warmup.default if warmup is not None else 0) or 0)
+            extra, self.scheduler_interval = {"total_steps": self.total_optimizer_steps(warmup_steps)}, "step"
         scheduler = self.lr_scheduler_factory(optimizer, **extra)
         if not self.automatic_optimization:  # Lightning ignores interval/monitor here; _step_schedulers applies them
             return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler}}

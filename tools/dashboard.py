@@ -1,0 +1,105 @@
+"""Start TensorBoard on a log folder and look at it as a user does: its HTTP data API, and the page in headless Chromium.
+
+Used by ``tests/test_dashboard.py`` and by ``make dashboard-screenshot``, which writes the README's
+screenshot: ``python -m tools.dashboard LOGDIR OUTPUT.png [TAG_FILTER]``. Chromium is Debian's (``/usr/bin/chromium``,
+or ``$CHROMIUM``) driven by Playwright: no browser is downloaded.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+CHROMIUM = os.environ.get("CHROMIUM", "/usr/bin/chromium")
+# what the machine's closed network and a root user need (see the README's test section)
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update", "--disable-sync", "--no-first-run"]
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@contextlib.contextmanager
+def tensorboard(logdir: Path, timeout: float = 60.0) -> Iterator[str]:
+    """A ``tensorboard`` server on ``logdir`` (loopback, a free port) until the block ends; yields its base URL."""
+    port = free_port()
+    command = [str(Path(sys.executable).parent / "tensorboard"), "--logdir", str(logdir), "--host", "127.0.0.1", "--port", str(port)]
+    server = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + timeout
+        while True:
+            with contextlib.suppress(OSError):
+                if get_json(url, "/data/runs"):  # listed once the first scan of logdir is done
+                    break
+            if server.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"tensorboard did not serve {logdir} within {timeout:.0f} s: {server.stderr.read()[-2000:] if server.poll() is not None else 'still starting'}")
+            time.sleep(0.5)
+        yield url
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+
+
+def get_json(url: str, path: str, body: dict | None = None) -> object:
+    """GET (or, with ``body``, POST as JSON) one of TensorBoard's data endpoints."""
+    data = None if body is None else json.dumps(body).encode()
+    request = urllib.request.Request(url + path, data=data, headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(request, timeout=30) as response:
+        return json.loads(response.read())
+
+
+def hparams_session_groups(url: str) -> list[dict]:
+    """The runs the HParams plugin lists, with their hyper-parameters and metrics."""
+    body = {"experimentName": "", "allowedStatuses": ["STATUS_UNKNOWN", "STATUS_SUCCESS", "STATUS_FAILURE", "STATUS_RUNNING"],
+            "colParams": [], "startIndex": 0, "sliceSize": 100}
+    return get_json(url, "/data/plugin/hparams/session_groups", body)["sessionGroups"]
+
+
+def render_time_series(url: str, run: str, tag: str, screenshot: Path | None = None) -> dict[str, bool]:
+    """Open the Time Series page in headless Chromium; report whether ``run`` is listed and ``tag``'s card drew a chart."""
+    from playwright.sync_api import sync_playwright
+
+    with tempfile.TemporaryDirectory() as profile, sync_playwright() as playwright:
+        browser = playwright.chromium.launch_persistent_context(
+            profile, executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS, viewport={"width": 1400, "height": 900}
+        )
+        try:
+            page = browser.new_page()
+            page.goto(f"{url}/?pinnedCards=&tagFilter={tag}#timeseries", wait_until="networkidle")
+            page.get_by_text(run, exact=True).first.wait_for(timeout=60_000)
+            card = page.locator("scalar-card-component, card-view").filter(has_text=tag).first
+            card.wait_for(timeout=60_000)
+            card.locator("canvas, svg path, line-chart").first.wait_for(timeout=60_000)
+            seen = {"run_listed": page.get_by_text(run, exact=True).count() > 0, "card_rendered": card.is_visible()}
+            if screenshot is not None:
+                screenshot.parent.mkdir(parents=True, exist_ok=True)
+                page.wait_for_timeout(1000)  # let the chart's lines finish drawing
+                page.screenshot(path=str(screenshot))
+            return seen
+        finally:
+            browser.close()
+
+
+def main(argv: list[str]) -> None:
+    """``python -m tools.dashboard LOGDIR OUTPUT.png [TAG_FILTER]``: screenshot the first run's Time Series cards matching TAG_FILTER."""
+    logdir, output, tag = Path(argv[0]), Path(argv[1]), argv[2] if len(argv) > 2 else "val/acc"
+    with tensorboard(logdir) as url:
+        runs = get_json(url, "/data/runs")
+        seen = render_time_series(url, runs[0], tag, screenshot=output)
+    print(f"dashboard: {output} ({runs[0]}: {seen})")
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

@@ -88,6 +88,16 @@ class GroupedTrainingEpochLoop(_TrainingEpochLoop):
     def reset(self) -> None:
         super().reset()
         self.group, self.position = None, 0  # a group cut short by max_steps is not carried into the next epoch
+        self.validates_this_epoch: bool | None = None
+
+    def _should_check_val_epoch(self) -> bool:
+        """Lightning's test whether this epoch validates, computed once per epoch (it is asked after every batch).
+
+        Its inputs (``enable_validation``, ``check_val_every_n_epoch``, the epoch) do not change within an epoch.
+        """
+        if getattr(self, "validates_this_epoch", None) is None:
+            self.validates_this_epoch = super()._should_check_val_epoch()
+        return self.validates_this_epoch
 
     def advance(self, data_fetcher: Any) -> None:
         trainer = self.trainer
@@ -120,13 +130,23 @@ class GroupedTrainingEpochLoop(_TrainingEpochLoop):
             raise StopIteration
         self.batch_progress.increment_started()
         with trainer.profiler.profile("run_training_batch"):
-            output = self.manual_optimization.run(self._build_kwargs(OrderedDict(), batch, batch_idx))
+            kwargs = OrderedDict(batch=batch, batch_idx=batch_idx) if self.takes_batch_idx else OrderedDict(batch=batch)
+            output = self.manual_optimization.run(kwargs)
         self.batch_progress.increment_processed()
         self._dispatch("on_train_batch_end", module, output, batch, batch_idx)
         self._module_hook("on_train_batch_end", module, output, batch, batch_idx)
-        trainer._logger_connector.on_batch_end()
+        connector = trainer._logger_connector
+        if self.position == len(self.group):
+            connector.on_batch_end()
+        else:
+            # on_batch_end also refreshes the connector's cached metric dicts, which its callback_metrics,
+            # logged_metrics and progress_bar_metrics properties recompute on every read while the fit runs:
+            # once per group is enough (it costs about as much as a tenth of a small MLP's step)
+            trainer._results.batch = trainer._results.batch_size = None
         self.batch_progress.increment_completed()
-        trainer._logger_connector.update_train_step_metrics()
+        # update_train_step_metrics without its accumulation test (this loop never accumulates)
+        if connector.should_update_logs or trainer.fast_dev_run:
+            connector.log_metrics(connector.metrics["log"])
         return None
 
     def _next_batch(self, data_fetcher: Any, module: LightningModule) -> Any:
@@ -139,12 +159,20 @@ class GroupedTrainingEpochLoop(_TrainingEpochLoop):
             group = module._on_before_batch_transfer(group, dataloader_idx=0)
             group = call._call_strategy_hook(trainer, "batch_to_device", group, dataloader_idx=0)
             self.group, self.position = (group if isinstance(group, BatchGroup) else BatchGroup.of(group, data_fetcher.done)), 0
-            self.hooked = {hook: [c for c in trainer.callbacks if is_overridden(hook, c, Callback)] for hook in PER_BATCH_HOOKS}
+            self._find_hooks(module)
         batch = self.group[self.position]
         self.position += 1
         # Lightning reads this from the fetcher, which counts groups: the loader knows which batch ends the epoch
         self.batch_progress.is_last_batch = self.position == len(self.group) and self.group.ends_epoch
         return batch
+
+    def _find_hooks(self, module: LightningModule) -> None:
+        """Which callbacks and module hooks run per batch, and training_step's arguments (looked up once per group, not per batch)."""
+        callbacks = self.trainer.callbacks
+        self.hooked = {hook: [c for c in callbacks if is_overridden(hook, c, Callback)] for hook in PER_BATCH_HOOKS}
+        self.module_hooked = {hook: is_overridden(hook, module, LightningModule) for hook in PER_BATCH_HOOKS}
+        # what Lightning's _build_kwargs finds in training_step's signature at every batch
+        self.takes_batch_idx = "batch_idx" in self._build_kwargs(OrderedDict(), None, 0)
 
     def _dispatch(self, hook: str, module: LightningModule, *args: Any) -> None:
         """``call._call_callback_hooks`` for the callbacks that override ``hook`` (the others would do nothing)."""
@@ -157,10 +185,9 @@ class GroupedTrainingEpochLoop(_TrainingEpochLoop):
             getattr(callback, hook)(self.trainer, module, *args)
         module._current_fx_name = previous
 
-    @staticmethod
-    def _module_hook(hook: str, module: LightningModule, *args: Any) -> Any:
+    def _module_hook(self, hook: str, module: LightningModule, *args: Any) -> Any:
         """``call._call_lightning_module_hook`` for a hook the module overrides (Lightning's defaults do nothing)."""
-        if not is_overridden(hook, module, LightningModule):
+        if not self.module_hooked[hook]:
             return None
         previous = module._current_fx_name
         module._current_fx_name = hook

@@ -4,7 +4,7 @@ PYTHON ?= python3
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: train test test-fast dashboard-screenshot data install clean
+.PHONY: train test test-fast lint dashboard-screenshot data install clean
 
 install: $(STAMP)
 
@@ -22,6 +22,11 @@ train: data
 
 test: data
 	$(BIN)/python -m pytest
+
+# ruff's lint and format checks (configured in pyproject.toml)
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
 
 # the edit-test loop: everything but the slow tier
 test-fast: data

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import itertools
 import resource
 import statistics
 import sys
@@ -59,7 +60,7 @@ def plain_model(hidden: list[int], dropout: float) -> nn.Module:
     return nn.Sequential(*layers, nn.Linear(width, 10))
 
 
-def time_epochs(module) -> list[float]:  # noqa: ANN001
+def time_epochs(module) -> list[float]:
     """Record when each train epoch starts (and fit ends) by wrapping the module's own hooks.
 
     A timing Callback would itself add to the per-step hook dispatch being measured; the
@@ -69,7 +70,7 @@ def time_epochs(module) -> list[float]:  # noqa: ANN001
     for hook in ("on_train_epoch_start", "on_fit_end"):
         original = getattr(module, hook)
 
-        def timed(*args, _original=original, **kwargs):  # noqa: ANN002, ANN003, ANN202
+        def timed(*args, _original=original, **kwargs):
             starts.append(time.perf_counter())
             return _original(*args, **kwargs)
 
@@ -96,7 +97,7 @@ def train_epochs(model: nn.Module, opt: type, lr: float, epochs: int, train_batc
     return times
 
 
-def run_seed_pipeline(dataset: str, batch: int, model: nn.Module, opt: type, lr: float, epochs: int, dm) -> list[float]:  # noqa: ANN001
+def run_seed_pipeline(dataset: str, batch: int, model: nn.Module, opt: type, lr: float, epochs: int, dm) -> list[float]:
     """(a) torchvision dataset + ToTensor + DataLoader, as the seeds do (same train/val split as mlplab)."""
     cls = torchvision.datasets.FashionMNIST if dataset == "fashion_mnist" else torchvision.datasets.MNIST
     full = cls(root="data", train=True, transform=torchvision.transforms.ToTensor(), download=False)
@@ -106,15 +107,15 @@ def run_seed_pipeline(dataset: str, batch: int, model: nn.Module, opt: type, lr:
     return train_epochs(model, opt, lr, epochs, lambda: train_loader, lambda: val_loader)
 
 
-def run_hand_written(batch: int, model: nn.Module, opt: type, lr: float, epochs: int, dm) -> list[float]:  # noqa: ANN001
+def run_hand_written(batch: int, model: nn.Module, opt: type, lr: float, epochs: int, dm) -> list[float]:
     """(b) the floor: slices of in-memory tensors."""
     (x_train, y_train), (x_val, y_val) = dm.splits["train"], dm.splits["val"]
 
-    def train_batches():  # noqa: ANN202
+    def train_batches():
         order = torch.randperm(len(x_train))
         return ((x_train[order[i : i + batch]], y_train[order[i : i + batch]]) for i in range(0, len(order), batch))
 
-    def val_batches():  # noqa: ANN202
+    def val_batches():
         return ((x_val[i : i + batch], y_val[i : i + batch]) for i in range(0, len(x_val), batch))
 
     return train_epochs(model, opt, lr, epochs, train_batches, val_batches)
@@ -123,7 +124,14 @@ def run_hand_written(batch: int, model: nn.Module, opt: type, lr: float, epochs:
 def mlplab_cli(config: str, epochs: int, logs: str, *extra: str) -> MLPLabCLI:
     """(c) as the ``mlplab fit`` command builds it, logging under ``logs``, without the final test."""
     return MLPLabCLI(
-        args=["--config", config, f"--trainer.max_epochs={epochs}", f"--trainer.logger.init_args.save_dir={logs}", "--test_after_fit=false", *extra],
+        args=[
+            "--config",
+            config,
+            f"--trainer.max_epochs={epochs}",
+            f"--trainer.logger.init_args.save_dir={logs}",
+            "--test_after_fit=false",
+            *extra,
+        ],
         run=False,
     )
 
@@ -134,7 +142,7 @@ def run_mlplab(config: str, epochs: int, *extra: str) -> list[float]:
         cli = mlplab_cli(config, epochs, logs, *extra)
         starts = time_epochs(cli.model)
         cli.trainer.fit(cli.model, datamodule=cli.datamodule)
-    return [b - a for a, b in zip(starts, starts[1:], strict=False)]
+    return [b - a for a, b in itertools.pairwise(starts)]
 
 
 TRAINING_STEP = "training_step: forward, backward, optimizer step, per-step bookkeeping"
@@ -158,15 +166,16 @@ def phase_timers(totals: dict[str, float]) -> Iterator[None]:
     original_start_epoch = TensorBatchLoader._start_epoch
 
     def timed(name: str, function: Callable) -> Callable:
-        def wrapper(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
+        def wrapper(*args, **kwargs):
             start = time.perf_counter()
             try:
                 return function(*args, **kwargs)
             finally:
                 totals[name] += time.perf_counter() - start
+
         return wrapper
 
-    def start_epoch_with_timed_gather(self):  # noqa: ANN001, ANN202
+    def start_epoch_with_timed_gather(self):
         first, gather = original_start_epoch(self)
         if not self.sampler.shuffle:  # evaluation slices views; counted in the validation loop
             return first, gather
@@ -187,19 +196,18 @@ def print_breakdown(config: str, epochs: int) -> None:
     """Milliseconds per epoch in each phase of (c), from one extra run (its first epoch not counted)."""
     totals: dict[str, float] = defaultdict(float)
     warm_up: dict[str, float] = {}
-    with phase_timers(totals):
-        with tempfile.TemporaryDirectory() as logs:
-            cli = mlplab_cli(config, epochs, logs)
-            starts = time_epochs(cli.model)
-            original_start = cli.model.on_train_epoch_start
+    with phase_timers(totals), tempfile.TemporaryDirectory() as logs:
+        cli = mlplab_cli(config, epochs, logs)
+        starts = time_epochs(cli.model)
+        original_start = cli.model.on_train_epoch_start
 
-            def snapshot_after_warm_up() -> None:
-                original_start()
-                if len(starts) == 2:  # the second epoch begins: what was spent so far is warm-up
-                    warm_up.update(totals)
+        def snapshot_after_warm_up() -> None:
+            original_start()
+            if len(starts) == 2:  # the second epoch begins: what was spent so far is warm-up
+                warm_up.update(totals)
 
-            cli.model.on_train_epoch_start = snapshot_after_warm_up
-            cli.trainer.fit(cli.model, datamodule=cli.datamodule)
+        cli.model.on_train_epoch_start = snapshot_after_warm_up
+        cli.trainer.fit(cli.model, datamodule=cli.datamodule)
     counted = len(starts) - 2
     epoch_ms = (starts[-1] - starts[1]) / counted * 1e3
     print(f"  breakdown of (c), ms per epoch over {counted} epochs ({epoch_ms:.1f} ms in all):")
@@ -235,7 +243,9 @@ def main() -> None:
     parser.add_argument("--breakdown", action="store_true", help="then time the phases of one more (c) run")
     args = parser.parse_args()
     sys.argv = sys.argv[:1]  # the in-process mlplab CLI gets its own arguments, not the benchmark's
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, repeats={args.repeats}, epochs/run={args.epochs} (first not counted)")
+    print(
+        f"torch {torch.__version__}, {torch.get_num_threads()} threads, repeats={args.repeats}, epochs/run={args.epochs} (first not counted)"
+    )
     for name in args.models:
         config, dataset, batch, hidden, dropout, opt, lr = MODELS[name]
         dm = DATAMODULES[dataset](batch_size=batch, normalize="none")
@@ -257,9 +267,13 @@ def main() -> None:
         for key, value in median.items():
             spread = f"min {min(samples[key]):.3f} max {max(samples[key]):.3f}"
             print(f"  {key:16s} {value:7.3f} s/epoch  ({len(samples[key])} epochs, {spread})")
-        print(f"  ratio c/b = {median['c_mlplab_fit'] / median['b_hand_written']:.3f}   ratio a/c = {median['a_seed_pipeline'] / median['c_mlplab_fit']:.2f}")
-        print(f"  paired, per repetition: {paired_ratios(runs['c_mlplab_fit'], runs['b_hand_written'], 'c/b')}"
-              f"   {paired_ratios(runs['a_seed_pipeline'], runs['c_mlplab_fit'], 'a/c')}")
+        print(
+            f"  ratio c/b = {median['c_mlplab_fit'] / median['b_hand_written']:.3f}   ratio a/c = {median['a_seed_pipeline'] / median['c_mlplab_fit']:.2f}"
+        )
+        print(
+            f"  paired, per repetition: {paired_ratios(runs['c_mlplab_fit'], runs['b_hand_written'], 'c/b')}"
+            f"   {paired_ratios(runs['a_seed_pipeline'], runs['c_mlplab_fit'], 'a/c')}"
+        )
         if args.compile:
             print(f"  ratio d/c = {median['d_mlplab_compiled'] / median['c_mlplab_fit']:.3f} (compiled vs eager mlplab)")
         if args.breakdown:

@@ -18,6 +18,25 @@ REAL_DATA_DIR = ROOT / "data"
 FILE_NAMES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
 
 
+# whole modules that run real processes, servers or browsers on the real data: left out of `make test-fast`
+SLOW_MODULES = {
+    "test_e2e",
+    "test_ddp",
+    "test_faults",
+    "test_notebooks",
+    "test_dashboard",
+    "test_logging_contract",
+    "test_fast_dev_run",
+    "test_readme",
+}
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if item.module.__name__.rpartition(".")[2] in SLOW_MODULES:
+            item.add_marker(pytest.mark.slow)
+
+
 def _no_fetch(scratch: Path) -> None:
     raise RuntimeError("tiny data sets are never fetched")
 
@@ -39,7 +58,9 @@ def make_tiny_idx(raw_dir: Path, n_train: int = 240, n_test: int = 60, gz: bool 
     for name, array in zip(FILE_NAMES, arrays, strict=True):
         path = write_idx(raw_dir / (name + (".gz" if gz else "")), array)
         files.append(IDXFile(name, hashlib.md5(open_maybe_gzip(path)).hexdigest()))
-    return DatasetSource("Tiny", raw_dir.parent.name, *files, torchvision_class="MNIST", fetch_from_registry=_no_fetch, manual_hint="(test data)")
+    return DatasetSource(
+        "Tiny", raw_dir.parent.name, *files, torchvision_class="MNIST", fetch_from_registry=_no_fetch, manual_hint="(test data)"
+    )
 
 
 def tiny_datamodule_class(source: DatasetSource) -> type[IDXDataModule]:

@@ -33,7 +33,10 @@ def test_print_config_succeeds_for_every_config(config, capsys, monkeypatch):
     for key in ("optimizer", "lr_scheduler"):
         if base and key in fragment.get("model", {}):
             assert printed["model"]["init_args"][key]["class_path"] == fragment["model"][key]["class_path"]
-            assert printed["model"]["init_args"][key]["init_args"] | fragment["model"][key]["init_args"] == printed["model"]["init_args"][key]["init_args"]
+            assert (
+                printed["model"]["init_args"][key]["init_args"] | fragment["model"][key]["init_args"]
+                == printed["model"]["init_args"][key]["init_args"]
+            )
 
 
 def test_defaults_callbacks_logger_and_seed(capsys, monkeypatch):
@@ -52,7 +55,13 @@ def test_defaults_callbacks_logger_and_seed(capsys, monkeypatch):
 def test_configs_compose_and_command_line_overrides(capsys, monkeypatch):
     monkeypatch.chdir(ROOT)
     printed = print_config(
-        capsys, "--config", "configs/fashion_mnist.yaml", "--config", "configs/seeds/d2l_fashion_mlp.yaml", "--model.optimizer=SGD", "--model.optimizer.lr=0.05"
+        capsys,
+        "--config",
+        "configs/fashion_mnist.yaml",
+        "--config",
+        "configs/seeds/d2l_fashion_mlp.yaml",
+        "--model.optimizer=SGD",
+        "--model.optimizer.lr=0.05",
     )
     assert printed["model"]["init_args"]["optimizer"]["class_path"] == "torch.optim.SGD"
     assert printed["model"]["init_args"]["optimizer"]["init_args"]["lr"] == 0.05
@@ -62,7 +71,10 @@ def test_configs_compose_and_command_line_overrides(capsys, monkeypatch):
 def test_bad_value_gives_one_paragraph_and_nonzero_exit(tmp_path):
     result = subprocess.run(
         [MLPLAB, "fit", "--config", "configs/mnist.yaml", "--model.activation=swish", f"--data.data_dir={tmp_path}"],
-        cwd=ROOT, capture_output=True, text=True, timeout=120,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert result.returncode == 2
     assert result.stderr.strip().splitlines()[-1] == (
@@ -85,8 +97,16 @@ def test_trainer_callbacks_follow_the_config(monkeypatch):
 
     monkeypatch.chdir(ROOT)
     monkeypatch.setattr(sys, "argv", ["mlplab"])
-    cli = MLPLabCLI(args=["--config", "configs/seeds/d2l_fashion_mlp.yaml", "--trainer.enable_progress_bar=false", "--trainer.logger=false",
-                          "--lr_monitor=null"], run=False)
+    cli = MLPLabCLI(
+        args=[
+            "--config",
+            "configs/seeds/d2l_fashion_mlp.yaml",
+            "--trainer.enable_progress_bar=false",
+            "--trainer.logger=false",
+            "--lr_monitor=null",
+        ],
+        run=False,
+    )
     kinds = {type(c) for c in cli.trainer.callbacks}
     assert ModelCheckpoint in kinds and TrainBatchImageGrid in kinds
     assert EarlyStopping not in kinds and LearningRateMonitor not in kinds
@@ -118,8 +138,16 @@ def test_weight_averaging_callback_from_the_command_line(monkeypatch):
 
     monkeypatch.chdir(ROOT)
     monkeypatch.setattr(sys, "argv", ["mlplab"])
-    cli = MLPLabCLI(args=["--config", "configs/mnist.yaml", "--trainer.logger=false", "--trainer.callbacks+=mlplab.FusedEMAWeightAveraging",
-                          "--trainer.callbacks.decay=0.99"], run=False)
+    cli = MLPLabCLI(
+        args=[
+            "--config",
+            "configs/mnist.yaml",
+            "--trainer.logger=false",
+            "--trainer.callbacks+=mlplab.FusedEMAWeightAveraging",
+            "--trainer.callbacks.decay=0.99",
+        ],
+        run=False,
+    )
     [ema] = [c for c in cli.trainer.callbacks if isinstance(c, FusedEMAWeightAveraging)]
     average = [torch.zeros(1)]
     ema._kwargs["multi_avg_fn"](average, [torch.ones(1)], 1)
@@ -130,8 +158,17 @@ def test_weight_averaging_callback_from_the_command_line(monkeypatch):
 def test_a_callback_refusing_its_arguments_gives_one_paragraph(capsys, monkeypatch, tmp_path):
     monkeypatch.chdir(ROOT)
     with pytest.raises(SystemExit) as exit_info:
-        main(["fit", "--config", "configs/mnist.yaml", f"--data.data_dir={REAL_DATA_DIR}", f"--trainer.logger.init_args.save_dir={tmp_path}",
-              "--trainer.callbacks+=lightning.pytorch.callbacks.EMAWeightAveraging", "--trainer.callbacks.decay=1.5"])
+        main(
+            [
+                "fit",
+                "--config",
+                "configs/mnist.yaml",
+                f"--data.data_dir={REAL_DATA_DIR}",
+                f"--trainer.logger.init_args.save_dir={tmp_path}",
+                "--trainer.callbacks+=lightning.pytorch.callbacks.EMAWeightAveraging",
+                "--trainer.callbacks.decay=1.5",
+            ]
+        )
     assert exit_info.value.code == 2
     err = capsys.readouterr().err
     assert err.strip().splitlines()[-1] == (

@@ -52,7 +52,7 @@ def test_normalize_off_is_identity(tiny_dm_factory, value):
     dm.setup("fit")
     x = dm.splits["train"][0]
     assert torch.equal(dm.preprocessor(x), x.flatten(1))
-    assert 0 <= x.min() and x.max() <= 1
+    assert x.min() >= 0 and x.max() <= 1
 
 
 def test_bad_normalize_names_allowed_values(tiny_dm_factory):
@@ -128,7 +128,9 @@ def test_batches_reach_the_device_without_copies(tiny_dm_factory):
     dm.group_train_batches(3)
     group = next(iter(dm.train_dataloader()))
     moved = dm.transfer_batch_to_device(group, torch.device("cpu"), 0)
-    assert len(moved) == 3 and all(torch.equal(a, b) for batch, same in zip(group, moved, strict=True) for a, b in zip(batch, same, strict=True))
+    assert len(moved) == 3 and all(
+        torch.equal(a, b) for batch, same in zip(group, moved, strict=True) for a, b in zip(batch, same, strict=True)
+    )
     x, y = group[0]
     assert dm.transfer_batch_to_device((x, y), torch.device("cpu"), 0)[0] is x  # already there: no copy
     # anything else is Lightning's business (here: a dict of tensors)

@@ -22,11 +22,21 @@ RESULT = re.compile(r"^mlplab: test/acc=(?P<acc>[0-9.]+) test/loss=(?P<loss>[0-9
 
 def fit(tmp_path: Path, name: str, *extra: str) -> dict:
     command = [
-        MLPLAB, "fit", "--config", "configs/mnist.yaml", f"--data.data_dir={REAL_DATA_DIR}",
+        MLPLAB,
+        "fit",
+        "--config",
+        "configs/mnist.yaml",
+        f"--data.data_dir={REAL_DATA_DIR}",
         # 2 epochs x 48 steps (3 fetches of 16 batches): Adam amplifies the two runs' float summation differences
         # over hundreds of steps (about 1e-2 after 384), so the comparison stays short enough for a 1e-5 tolerance
-        "--trainer.max_epochs=2", "--trainer.limit_train_batches=48", "--model.steps_per_call=16", "--trainer.enable_progress_bar=false",
-        "--trainer.accelerator=cpu", "--model.dropout=0.0", f"--trainer.logger.init_args.save_dir={tmp_path / name}", *extra,
+        "--trainer.max_epochs=2",
+        "--trainer.limit_train_batches=48",
+        "--model.steps_per_call=16",
+        "--trainer.enable_progress_bar=false",
+        "--trainer.accelerator=cpu",
+        "--model.dropout=0.0",
+        f"--trainer.logger.init_args.save_dir={tmp_path / name}",
+        *extra,
     ]
     result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]

@@ -20,11 +20,20 @@ RESULT_LINE = re.compile(r"^mlplab: test/acc=(?P<acc>[0-9.]+) test/loss=(?P<loss
 def short_run(real_mnist, tmp_path_factory) -> dict:
     logs = tmp_path_factory.mktemp("e2e") / "logs"
     command = [
-        MLPLAB, "fit", "--config", "configs/mnist.yaml",
-        "--trainer.max_epochs=2", "--trainer.limit_train_batches=30", "--trainer.limit_val_batches=5",
-        "--trainer.log_every_n_steps=10", "--trainer.enable_progress_bar=false",
-        "--gradient_norms=mlplab.callbacks.LayerGradientNorms", "--gradient_norms.every_n_steps=20", "--gradient_norms.histograms=true",
-        f"--trainer.logger.init_args.save_dir={logs}", f"--data.data_dir={REAL_DATA_DIR}",
+        MLPLAB,
+        "fit",
+        "--config",
+        "configs/mnist.yaml",
+        "--trainer.max_epochs=2",
+        "--trainer.limit_train_batches=30",
+        "--trainer.limit_val_batches=5",
+        "--trainer.log_every_n_steps=10",
+        "--trainer.enable_progress_bar=false",
+        "--gradient_norms=mlplab.callbacks.LayerGradientNorms",
+        "--gradient_norms.every_n_steps=20",
+        "--gradient_norms.histograms=true",
+        f"--trainer.logger.init_args.save_dir={logs}",
+        f"--data.data_dir={REAL_DATA_DIR}",
     ]
     result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
@@ -49,7 +58,12 @@ def test_tensorboard_has_scalars_images_histograms_and_hparams(short_run):
     assert {"train/batch", "test/confusion_matrix", "test/misclassified"} <= set(events.Tags()["images"])
     assert {"grad_norm/net.hidden.0.branch.0.weight", "grad_norm/net.output.weight"} <= scalars
     histograms = set(events.Tags()["histograms"])
-    expected_histograms = {"weights/net.hidden.0.branch.0.weight", "gradients/net.output.weight", "activations/hidden.0", "activations/hidden.1"}
+    expected_histograms = {
+        "weights/net.hidden.0.branch.0.weight",
+        "gradients/net.output.weight",
+        "activations/hidden.0",
+        "activations/hidden.1",
+    }
     assert expected_histograms <= histograms, histograms
     steps = events.Scalars("train/optimizer_steps")[-1].value
     assert [e.step for e in events.Histograms("weights/net.output.weight")] == list(range(0, int(steps), 20))  # every 20th step
@@ -77,14 +91,26 @@ def test_reloaded_checkpoint_gives_the_same_test_accuracy_in_a_new_process(short
 
 def test_diverging_run_stops_with_one_paragraph_and_no_checkpoint(real_mnist, tmp_path):
     command = [
-        MLPLAB, "fit", "--config", "configs/fast/mnist_98.yaml", "--model.optimizer=SGD", "--model.optimizer.lr=1e6",
-        "--model.lr_scheduler=null", "--trainer.max_epochs=1", "--trainer.limit_train_batches=128", "--trainer.enable_progress_bar=false",
-        f"--trainer.logger.init_args.save_dir={tmp_path}", f"--data.data_dir={REAL_DATA_DIR}",
+        MLPLAB,
+        "fit",
+        "--config",
+        "configs/fast/mnist_98.yaml",
+        "--model.optimizer=SGD",
+        "--model.optimizer.lr=1e6",
+        "--model.lr_scheduler=null",
+        "--trainer.max_epochs=1",
+        "--trainer.limit_train_batches=128",
+        "--trainer.enable_progress_bar=false",
+        f"--trainer.logger.init_args.save_dir={tmp_path}",
+        f"--data.data_dir={REAL_DATA_DIR}",
     ]
     result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert result.returncode == 2
     last = result.stderr.strip().splitlines()[-1]
-    assert re.fullmatch(r"mlplab: error: training diverged: the loss became (nan|inf) at optimizer step \d+ \(epoch 0\), with learning rate 1e\+06\. .*", last)
+    assert re.fullmatch(
+        r"mlplab: error: training diverged: the loss became (nan|inf) at optimizer step \d+ \(epoch 0\), with learning rate 1e\+06\. .*",
+        last,
+    )
     assert "Traceback" not in result.stderr
     assert not list(tmp_path.rglob("*.ckpt"))
 
@@ -96,8 +122,16 @@ def test_diverging_run_stops_with_one_paragraph_and_no_checkpoint(real_mnist, tm
 def test_a_fit_cut_short_by_max_steps_ends_normally(real_mnist, tmp_path, config, limit, steps):
     # max_steps inside the first group of 64 steps, before any validation: early stopping has no val/loss
     # yet and OneCycleLR was built for exactly `steps` steps
-    command = [MLPLAB, "fit", "--config", config, limit, "--trainer.enable_progress_bar=false",
-               f"--trainer.logger.init_args.save_dir={tmp_path}", f"--data.data_dir={REAL_DATA_DIR}"]
+    command = [
+        MLPLAB,
+        "fit",
+        "--config",
+        config,
+        limit,
+        "--trainer.enable_progress_bar=false",
+        f"--trainer.logger.init_args.save_dir={tmp_path}",
+        f"--data.data_dir={REAL_DATA_DIR}",
+    ]
     result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
     assert f"(1 epochs, {steps} optimizer steps)" in result.stderr
@@ -105,8 +139,16 @@ def test_a_fit_cut_short_by_max_steps_ends_normally(real_mnist, tmp_path, config
 
 
 def test_evaluating_without_a_checkpoint_says_the_weights_are_untrained(real_mnist, tmp_path):
-    command = [MLPLAB, "validate", "--config", "configs/mnist.yaml", "--trainer.limit_val_batches=1", "--trainer.enable_progress_bar=false",
-               f"--trainer.logger.init_args.save_dir={tmp_path}", f"--data.data_dir={REAL_DATA_DIR}"]
+    command = [
+        MLPLAB,
+        "validate",
+        "--config",
+        "configs/mnist.yaml",
+        "--trainer.limit_val_batches=1",
+        "--trainer.enable_progress_bar=false",
+        f"--trainer.logger.init_args.save_dir={tmp_path}",
+        f"--data.data_dir={REAL_DATA_DIR}",
+    ]
     result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "mlplab: no --ckpt_path: validate runs on a new model's untrained weights." in result.stdout + result.stderr
@@ -114,8 +156,17 @@ def test_evaluating_without_a_checkpoint_says_the_weights_are_untrained(real_mni
 
 def predict_csv(tmp_path: Path, ckpt: Path, *args: str) -> list[list[str]]:
     output = tmp_path / "predictions.csv"
-    command = [MLPLAB, "predict", "--config", "configs/mnist.yaml", f"--ckpt_path={ckpt}", f"--data.data_dir={REAL_DATA_DIR}",
-               f"--prediction_writer.output={output}", "--trainer.enable_progress_bar=false", *args]
+    command = [
+        MLPLAB,
+        "predict",
+        "--config",
+        "configs/mnist.yaml",
+        f"--ckpt_path={ckpt}",
+        f"--data.data_dir={REAL_DATA_DIR}",
+        f"--prediction_writer.output={output}",
+        "--trainer.enable_progress_bar=false",
+        *args,
+    ]
     result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
     return [line.split(",") for line in output.read_text().splitlines()]
@@ -158,8 +209,17 @@ def test_predict_writes_no_tensorboard_run(short_run, real_mnist, tmp_path):
 def test_testing_a_checkpoint_logs_into_the_run_that_trained_it_at_its_last_step(short_run, real_mnist):
     run = short_run["ckpt"].parent.parent
     config_before = (run / "config.yaml").read_text()
-    command = [MLPLAB, "test", "--config", "configs/mnist.yaml", f"--ckpt_path={short_run['ckpt']}", f"--data.data_dir={REAL_DATA_DIR}",
-               "--trainer.limit_test_batches=3", "--trainer.enable_progress_bar=false", f"--trainer.logger.init_args.save_dir={short_run['logs']}"]
+    command = [
+        MLPLAB,
+        "test",
+        "--config",
+        "configs/mnist.yaml",
+        f"--ckpt_path={short_run['ckpt']}",
+        f"--data.data_dir={REAL_DATA_DIR}",
+        "--trainer.limit_test_batches=3",
+        "--trainer.enable_progress_bar=false",
+        f"--trainer.logger.init_args.save_dir={short_run['logs']}",
+    ]
     result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
     assert sorted(p.name for p in run.parent.iterdir()) == ["version_0"]  # no new run
@@ -169,7 +229,9 @@ def test_testing_a_checkpoint_logs_into_the_run_that_trained_it_at_its_last_step
     optimizer_steps = int(events.Scalars("train/optimizer_steps")[-1].value)
     test_acc = events.Scalars("test/acc")  # the fit's own test, then this one's, both after the run's last optimizer step
     assert len(test_acc) == 2 and {e.step for e in test_acc} == {optimizer_steps}
-    assert events.Scalars("hp_metric")[-1].value == pytest.approx(events.Scalars("val/acc_best")[-1].value)  # no placeholder written over it
+    assert events.Scalars("hp_metric")[-1].value == pytest.approx(
+        events.Scalars("val/acc_best")[-1].value
+    )  # no placeholder written over it
 
 
 SUBCLASS = '''
@@ -190,9 +252,19 @@ class MyLitMLP(LitMLP):
 def test_a_subclass_overriding_training_step_trains_through_the_cli(real_mnist, tmp_path):
     (tmp_path / "mypackage").mkdir()
     (tmp_path / "mypackage" / "__init__.py").write_text(SUBCLASS)
-    command = [MLPLAB, "fit", "--config", "configs/mnist.yaml", "--model=mypackage.MyLitMLP", "--trainer.max_steps=70",
-               "--trainer.limit_val_batches=2", "--trainer.enable_progress_bar=false", "--test_after_fit=false",
-               f"--trainer.logger.init_args.save_dir={tmp_path / 'logs'}", f"--data.data_dir={REAL_DATA_DIR}"]
+    command = [
+        MLPLAB,
+        "fit",
+        "--config",
+        "configs/mnist.yaml",
+        "--model=mypackage.MyLitMLP",
+        "--trainer.max_steps=70",
+        "--trainer.limit_val_batches=2",
+        "--trainer.enable_progress_bar=false",
+        "--test_after_fit=false",
+        f"--trainer.logger.init_args.save_dir={tmp_path / 'logs'}",
+        f"--data.data_dir={REAL_DATA_DIR}",
+    ]
     env = {**os.environ, "PYTHONPATH": str(tmp_path)}
     result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=300, env=env)
     assert result.returncode == 0, result.stderr[-3000:]

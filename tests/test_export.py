@@ -19,7 +19,9 @@ def checkpoint(tmp_path_factory):
     from .conftest import make_tiny_idx, tiny_datamodule_class
 
     folder = tmp_path_factory.mktemp("export")
-    dm = tiny_datamodule_class(make_tiny_idx(folder / "Tiny" / "raw"))(data_dir=str(folder), val_size=40, batch_size=32, normalize="pca", pca_components=20, deskew=True)
+    dm = tiny_datamodule_class(make_tiny_idx(folder / "Tiny" / "raw"))(
+        data_dir=str(folder), val_size=40, batch_size=32, normalize="pca", pca_components=20, deskew=True
+    )
     model = LitMLP(input_dim=20, hidden_dims=[16], batch_norm=True, dropout=0.2)
     callback = ModelCheckpoint(dirpath=folder / "ckpt", save_last=True)
     quiet_trainer(folder, max_epochs=2, callbacks=[callback]).fit(model, datamodule=dm)

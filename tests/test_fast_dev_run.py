@@ -15,6 +15,16 @@ def test_fast_dev_run_works_with_every_config(config, real_mnist, tmp_path, monk
     monkeypatch.chdir(ROOT)  # the configs' data_dir is data/ in the repository
     fragment = yaml.safe_load((ROOT / config).read_text())
     base = [] if "class_path" in fragment.get("data", {}) else ["--config", "configs/mnist.yaml"]
-    main(["fit", *base, "--config", config, "--trainer.fast_dev_run=true", "--trainer.enable_progress_bar=false", f"--trainer.default_root_dir={tmp_path}"])
+    main(
+        [
+            "fit",
+            *base,
+            "--config",
+            config,
+            "--trainer.fast_dev_run=true",
+            "--trainer.enable_progress_bar=false",
+            f"--trainer.default_root_dir={tmp_path}",
+        ]
+    )
     # one training batch, one validation batch, then the test after fit printed its line
     assert any(line.startswith("mlplab: test/") for line in capsys.readouterr().out.splitlines())

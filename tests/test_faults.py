@@ -26,12 +26,12 @@ from mlplab.data import write_idx
 from mlplab.data.idx import open_maybe_gzip
 from mlplab.errors import ConfigError
 
-from .conftest import FILE_NAMES, REAL_DATA_DIR, make_tiny_idx
+from .conftest import FILE_NAMES, make_tiny_idx
 
 ROOT = Path(__file__).resolve().parents[1]
 
 # A user's own IDX data set is a four-line subclass (see the README); tests generate one per data folder.
-DATAMODULE_TEMPLATE = '''
+DATAMODULE_TEMPLATE = """
 from mlplab.data import IDXDataModule
 from mlplab.data.sources import DatasetSource, IDXFile
 
@@ -41,10 +41,10 @@ def _no_fetch(scratch):
 class TinyDataModule(IDXDataModule):
     source = DatasetSource("Tiny", "Tiny", {files}, torchvision_class="MNIST", fetch_from_registry=_no_fetch, manual_hint="(test data)")
     classes = tuple("0123456789")
-'''
+"""
 
 # Sends a real signal to its own process at the start of the first call at or after `step`.
-SIGNAL_CALLBACK = '''
+SIGNAL_CALLBACK = """
 import os, signal
 from lightning.pytorch import Callback
 
@@ -56,12 +56,14 @@ class SignalAtStep(Callback):
         if trainer.global_step >= self.step and not self.sent:
             self.sent = True
             os.kill(os.getpid(), getattr(signal, self.signal_name))
-'''
+"""
 
 
 def write_datamodule(folder: Path, raw_dir: Path) -> None:
     """``folder/tinydata.py`` with a DataModule whose checksums are those of the files now in ``raw_dir``."""
-    files = ", ".join(f'IDXFile("{name}", "{hashlib.md5(open_maybe_gzip(next(raw_dir.glob(name + "*")))).hexdigest()}")' for name in FILE_NAMES)
+    files = ", ".join(
+        f'IDXFile("{name}", "{hashlib.md5(open_maybe_gzip(next(raw_dir.glob(name + "*")))).hexdigest()}")' for name in FILE_NAMES
+    )
     (folder / "tinydata.py").write_text(DATAMODULE_TEMPLATE.format(files=files))
     (folder / "faulthelpers.py").write_text(SIGNAL_CALLBACK)
 
@@ -76,12 +78,24 @@ def workdir(tmp_path: Path) -> Path:
 
 def tiny_args(max_epochs: int = 4) -> list[str]:
     return [
-        "--data=tinydata.TinyDataModule", "--data.data_dir=.", "--data.val_size=40", "--data.batch_size=32",
-        "--model.hidden_dims=[16]", "--model.dropout=0.3", "--model.steps_per_call=2",
-        "--model.optimizer=SGD", "--model.optimizer.lr=0.05", "--model.optimizer.momentum=0.9",
-        "--model.lr_scheduler=StepLR", "--model.lr_scheduler.step_size=1", "--model.lr_scheduler.gamma=0.7",
-        f"--trainer.max_epochs={max_epochs}", "--trainer.deterministic=true", "--trainer.enable_progress_bar=false",
-        "--trainer.logger.init_args.name=tiny", "--early_stopping.patience=2",
+        "--data=tinydata.TinyDataModule",
+        "--data.data_dir=.",
+        "--data.val_size=40",
+        "--data.batch_size=32",
+        "--model.hidden_dims=[16]",
+        "--model.dropout=0.3",
+        "--model.steps_per_call=2",
+        "--model.optimizer=SGD",
+        "--model.optimizer.lr=0.05",
+        "--model.optimizer.momentum=0.9",
+        "--model.lr_scheduler=StepLR",
+        "--model.lr_scheduler.step_size=1",
+        "--model.lr_scheduler.gamma=0.7",
+        f"--trainer.max_epochs={max_epochs}",
+        "--trainer.deterministic=true",
+        "--trainer.enable_progress_bar=false",
+        "--trainer.logger.init_args.name=tiny",
+        "--early_stopping.patience=2",
     ]
 
 
@@ -119,10 +133,19 @@ BAD_CONFIGS = {
     "batch larger than train split": (["--data.batch_size=500"], ["data.batch_size=500", "200 training samples"]),
     "val_size too large": (["--data.val_size=240"], ["data.val_size=240", "240 training samples"]),
     "pca components > input": (["--data.normalize=pca", "--data.pca_components=1000"], ["data.pca_components=1000", "1..784"]),
-    "pca components unused": (["--data.pca_components=20"], ["data.pca_components=20 has no effect", "normalize='standardize'", "pca_whiten"]),
-    "augment_epochs without augmentation": (["--data.augment_epochs=3"], ["data.augment_epochs=3 has no effect without augmentation", "augment_elastic"]),
+    "pca components unused": (
+        ["--data.pca_components=20"],
+        ["data.pca_components=20 has no effect", "normalize='standardize'", "pca_whiten"],
+    ),
+    "augment_epochs without augmentation": (
+        ["--data.augment_epochs=3"],
+        ["data.augment_epochs=3 has no effect without augmentation", "augment_elastic"],
+    ),
     "regression on classes": (["--model.task=regression"], ["model.task='regression'", "'multiclass' data set"]),
-    "data_dir not writable": (["--data.data_dir=/proc/mlplab-nope"], ["data.data_dir='/proc/mlplab-nope'", "could not be created or written"]),
+    "data_dir not writable": (
+        ["--data.data_dir=/proc/mlplab-nope"],
+        ["data.data_dir='/proc/mlplab-nope'", "could not be created or written"],
+    ),
     "ckpt_path missing": (["--ckpt_path=missing.ckpt"], ["ckpt_path='missing.ckpt' does not exist"]),
     "checkpoint monitor never logged": (["--checkpoint.monitor=val/accuracy"], ["'val/accuracy'", "never logged", "val/acc,"]),
     "early-stopping monitor never logged": (["--early_stopping.monitor=val/los"], ["'val/los'", "never logged", "val/loss"]),
@@ -261,7 +284,9 @@ def assert_same_training(reference: tuple[dict, dict], resumed: tuple[dict, dict
     assert ckpt["global_step"] == ref_ckpt["global_step"] and ckpt["epoch"] == ref_ckpt["epoch"]
     for key, value in ref_ckpt["state_dict"].items():
         assert torch.equal(value, ckpt["state_dict"][key]), key  # bit for bit
-    for ref_state, state in zip(ref_ckpt["optimizer_states"][0]["state"].values(), ckpt["optimizer_states"][0]["state"].values(), strict=True):
+    for ref_state, state in zip(
+        ref_ckpt["optimizer_states"][0]["state"].values(), ckpt["optimizer_states"][0]["state"].values(), strict=True
+    ):
         assert torch.equal(ref_state["momentum_buffer"], state["momentum_buffer"])
     assert ckpt["lr_schedulers"] == ref_ckpt["lr_schedulers"]
     assert scalars == ref_scalars  # every logged train/val metric and lr, every epoch
@@ -282,13 +307,22 @@ def test_sigkill_mid_epoch_then_resume_equals_uninterrupted_run(workdir):
 def test_ctrl_c_saves_a_mid_epoch_checkpoint_that_resumes_exactly(workdir):
     reference = mlplab(workdir, "fit", *tiny_args())
     assert reference.returncode == 0, reference.stderr[-3000:]
-    interrupted = mlplab(workdir, "fit", *tiny_args(), "--trainer.callbacks+=faulthelpers.SignalAtStep", "--trainer.callbacks.step=10",
-                         "--trainer.callbacks.signal_name=SIGINT")
+    interrupted = mlplab(
+        workdir,
+        "fit",
+        *tiny_args(),
+        "--trainer.callbacks+=faulthelpers.SignalAtStep",
+        "--trainer.callbacks.step=10",
+        "--trainer.callbacks.signal_name=SIGINT",
+    )
     output = interrupted.stdout + interrupted.stderr
     # SIGINT arrives as the batch of step 11 starts (global_step 10): that step completes, then the run stops
     assert interrupted.returncode == 1 and "mlplab: interrupted in epoch 1 after optimizer step 11" in output, output[-3000:]
     saved = torch.load(workdir / "logs/tiny/version_1/checkpoints/last.ckpt", weights_only=True)
-    assert saved["global_step"] == 11 and saved["TinyDataModule"]["train_position"] == {"epoch": 1, "batches_served": 4}  # 7 batches per epoch
+    assert saved["global_step"] == 11 and saved["TinyDataModule"]["train_position"] == {
+        "epoch": 1,
+        "batches_served": 4,
+    }  # 7 batches per epoch
     resumed = mlplab(workdir, "fit", *tiny_args(), "--ckpt_path=last")
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert_same_training(final_state(workdir, 0), final_state(workdir, 1))
@@ -353,8 +387,12 @@ def test_checkpoint_that_runs_code_on_load_is_refused(workdir, trained_checkpoin
     assert "was refused" in message and "could run code" in message and "Unsupported operand" in message
     resumed = error_paragraph(mlplab(workdir, "fit", *tiny_args(1), f"--ckpt_path={evil}"))
     assert "was refused" in resumed
-    load = subprocess.run([sys.executable, "-c", f"from mlplab import LitMLP; LitMLP.load_from_checkpoint({str(evil)!r})"],
-                          capture_output=True, text=True, timeout=120)
+    load = subprocess.run(
+        [sys.executable, "-c", f"from mlplab import LitMLP; LitMLP.load_from_checkpoint({str(evil)!r})"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert load.returncode != 0 and "Weights only load failed" in load.stderr
     assert not marker.exists()  # nothing ran
 

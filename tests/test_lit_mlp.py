@@ -9,8 +9,6 @@ from mlplab import LitMLP
 from tests.conftest import quiet_trainer
 
 
-
-
 def test_fast_dev_run(tiny_dm_factory, tmp_path):
     model = LitMLP(hidden_dims=[32])
     quiet_trainer(tmp_path, fast_dev_run=True).fit(model, datamodule=tiny_dm_factory())

@@ -19,9 +19,17 @@ from tests.conftest import REAL_DATA_DIR, ROOT
 MLPLAB = str(Path(sys.executable).parent / "mlplab")
 # 100 batches of 128 per epoch: groups of 64 and 36 with the default steps_per_call
 FIT = [
-    "fit", "--config", "configs/mnist.yaml", "--trainer.max_epochs=2", "--trainer.limit_train_batches=100",
-    "--trainer.limit_val_batches=5", "--trainer.log_every_n_steps=10", "--trainer.val_check_interval=50",
-    "--gradient_norms=mlplab.callbacks.LayerGradientNorms", "--gradient_norms.every_n_steps=30", "--gradient_norms.histograms=true",
+    "fit",
+    "--config",
+    "configs/mnist.yaml",
+    "--trainer.max_epochs=2",
+    "--trainer.limit_train_batches=100",
+    "--trainer.limit_val_batches=5",
+    "--trainer.log_every_n_steps=10",
+    "--trainer.val_check_interval=50",
+    "--gradient_norms=mlplab.callbacks.LayerGradientNorms",
+    "--gradient_norms.every_n_steps=30",
+    "--gradient_norms.histograms=true",
 ]
 PROGRESS = re.compile(r"Epoch (\d+):\s+\d+%\|[^|]*\|\s*(\d+)/(\d+)")
 
@@ -54,9 +62,13 @@ def test_same_tags_steps_and_values_with_one_or_64_steps_per_call(runs):
         expected, seen = [(e.step, e.value) for e in one.Scalars(tag)], [(e.step, e.value) for e in grouped.Scalars(tag)]
         assert expected == seen, tag
     for tag in one.Tags()["images"]:
-        assert [(e.step, e.encoded_image_string) for e in one.Images(tag)] == [(e.step, e.encoded_image_string) for e in grouped.Images(tag)], tag
+        assert [(e.step, e.encoded_image_string) for e in one.Images(tag)] == [
+            (e.step, e.encoded_image_string) for e in grouped.Images(tag)
+        ], tag
     for tag in one.Tags()["histograms"]:
-        assert [(e.step, e.histogram_value) for e in one.Histograms(tag)] == [(e.step, e.histogram_value) for e in grouped.Histograms(tag)], tag
+        assert [(e.step, e.histogram_value) for e in one.Histograms(tag)] == [
+            (e.step, e.histogram_value) for e in grouped.Histograms(tag)
+        ], tag
 
 
 def test_the_step_axis_counts_optimizer_steps(runs):

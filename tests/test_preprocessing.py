@@ -83,7 +83,7 @@ def test_deskew_straightens_slanted_strokes_and_centres_them():
         images[0, 0, row, 18 - (row - 4) // 2 : 21 - (row - 4) // 2] = 1
         images[1, 0, row, 3 + (row - 4) // 3 : 6 + (row - 4) // 3] = 1
         images[2, 0, row, 12:16] = 1
-    row_before, col_before, covariance_before = _ink_moments(images[:, 0])
+    _row_before, col_before, covariance_before = _ink_moments(images[:, 0])
     assert covariance_before[0] < -5 and covariance_before[1] > 5 and col_before[1] < 9
     row_after, col_after, covariance_after = _ink_moments(deskew_images(images)[:, 0])
     torch.testing.assert_close(covariance_after, torch.zeros(3, dtype=torch.float64), atol=0.3, rtol=0)

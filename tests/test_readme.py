@@ -7,8 +7,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
-
 from .conftest import REAL_DATA_DIR, ROOT, make_tiny_idx
 
 

@@ -59,6 +59,6 @@ def test_fetch_installs_verified_files_atomically(tmp_path):
 def test_fetched_file_with_bad_checksum_is_not_installed(tmp_path):
     origin = tmp_path / "origin" / "raw"
     source = _source_fetching_from(origin, make_tiny_idx(origin), corrupt=True)
-    with pytest.raises(DataError, match="has MD5 .* expected"):
+    with pytest.raises(DataError, match=r"has MD5 .* expected"):
         ensure_dataset(source, tmp_path / "target", methods=("registry",))
     assert list((tmp_path / "target" / "origin" / "raw").iterdir()) == []

@@ -8,7 +8,7 @@ from lightning.pytorch import Callback, seed_everything
 from lightning.pytorch.callbacks import EMAWeightAveraging, ModelCheckpoint
 from lightning.pytorch.loggers import TensorBoardLogger
 
-from mlplab import FusedEMAWeightAveraging, LitMLP, lit_mlp
+from mlplab import FusedEMAWeightAveraging, LitMLP, stage_metrics
 from mlplab.callbacks import TrainBatchImageGrid
 from tests.conftest import quiet_trainer
 
@@ -82,7 +82,7 @@ def test_metrics_fed_in_chunks_equal_metrics_fed_once_per_epoch(tiny_dm_factory,
         return {**fit_metrics, **trainer.callback_metrics}
 
     once = fit_and_test("once")  # 7 training steps and 6 validation batches per epoch: one update each
-    monkeypatch.setattr(lit_mlp, "MAX_PENDING_STEPS", 2)
+    monkeypatch.setattr(stage_metrics, "MAX_PENDING_STEPS", 2)
     chunked = fit_and_test("chunked")
     assert once.keys() == chunked.keys()
     for key in ("train/acc", "val/acc", "val/acc_best", "test/acc"):  # counts of correct predictions
@@ -180,8 +180,14 @@ def test_a_subclass_overriding_on_before_optimizer_step_sees_every_step(tiny_dm_
 
 
 def test_bf16_mixed_precision_trains_with_several_steps_per_call(tiny_dm_factory, tmp_path):
-    model, trainer = train(tiny_dm_factory, tmp_path, 4, epochs=2, trainer_kwargs={"precision": "bf16-mixed"},
-                           optimizer=functools.partial(torch.optim.Adam, lr=3e-3))
+    model, trainer = train(
+        tiny_dm_factory,
+        tmp_path,
+        4,
+        epochs=2,
+        trainer_kwargs={"precision": "bf16-mixed"},
+        optimizer=functools.partial(torch.optim.Adam, lr=3e-3),
+    )
     assert not model.automatic_optimization and model.plain_backward and model.plain_optimizer_step  # bf16 needs no scaler
     assert trainer.global_step == 14 and torch.isfinite(trainer.callback_metrics["train/loss"])
     assert all(p.dtype == torch.float32 for p in model.parameters())  # mixed precision keeps fp32 weights
@@ -197,7 +203,9 @@ def test_grad_norm_is_logged_at_the_same_optimizer_steps_grouped_or_not(tiny_dm_
             if "train/grad_norm" in trainer.callback_metrics:
                 logged_at.append(pl_module.grad_norm_logged_at)
 
-    train(tiny_dm_factory, tmp_path, steps_per_call, epochs=2, trainer_kwargs={"log_every_n_steps": 5, "callbacks": [RecordsGradNormSteps()]})
+    train(
+        tiny_dm_factory, tmp_path, steps_per_call, epochs=2, trainer_kwargs={"log_every_n_steps": 5, "callbacks": [RecordsGradNormSteps()]}
+    )
     # 14 optimizer steps (0..13): those after which Lightning writes step metrics ((step + 1) % 5 == 0)
     assert sorted(set(logged_at)) == [4, 9]
 
@@ -214,8 +222,15 @@ def test_worker_dataloader_batches_are_single_batches(tiny_dm_factory, tmp_path)
 def test_image_grid_of_an_augmented_group_changes_nothing(tiny_dm_factory, tmp_path):
     # the callback looks at the group's first batch before the step trains on it: one augmentation draw, not two
     models = [
-        train(tiny_dm_factory, tmp_path / str(k), k, epochs=1, dropout=0.3, data_kwargs={"augment_rotate": 10.0},
-              trainer_kwargs={"logger": TensorBoardLogger(tmp_path / str(k)), "callbacks": [TrainBatchImageGrid()]})[0]
+        train(
+            tiny_dm_factory,
+            tmp_path / str(k),
+            k,
+            epochs=1,
+            dropout=0.3,
+            data_kwargs={"augment_rotate": 10.0},
+            trainer_kwargs={"logger": TensorBoardLogger(tmp_path / str(k)), "callbacks": [TrainBatchImageGrid()]},
+        )[0]
         for k in (1, 4)
     ]
     for (name, a), (_, b) in zip(models[0].state_dict().items(), models[1].state_dict().items(), strict=True):
@@ -244,7 +259,7 @@ def test_fused_ema_averages_like_lightnings_ema(tiny_dm_factory, tmp_path):
     averages = {}
     for callback_class in (EMAWeightAveraging, FusedEMAWeightAveraging):
         ema = callback_class(decay=0.9, update_starting_at_step=5)
-        model, trainer = train(tiny_dm_factory, tmp_path / callback_class.__name__, 4, trainer_kwargs={"callbacks": [ema]})
+        model, _ = train(tiny_dm_factory, tmp_path / callback_class.__name__, 4, trainer_kwargs={"callbacks": [ema]})
         assert not model.automatic_optimization and ema._average_model.n_averaged.item() == 3 * 7 - 5
         averages[callback_class] = model.state_dict()
     lightning, fused = averages.values()
@@ -276,7 +291,9 @@ def test_resuming_with_ema_ends_where_an_uninterrupted_run_ends(tiny_dm_factory,
         model = LitMLP(hidden_dims=[32, 16], steps_per_call=4)
         ema = FusedEMAWeightAveraging(decay=0.9)
         trainer = quiet_trainer(
-            tmp_path / folder, max_epochs=max_epochs, deterministic=True,
+            tmp_path / folder,
+            max_epochs=max_epochs,
+            deterministic=True,
             callbacks=[ema, ModelCheckpoint(dirpath=tmp_path / folder, filename="last", save_top_k=-1, enable_version_counter=False)],
         )
         trainer.fit(model, datamodule=tiny_dm_factory(batch_size=30), ckpt_path=ckpt_path)
@@ -296,7 +313,9 @@ def test_a_lightning_release_outside_the_tested_range_is_refused_with_the_range(
 
     check_lightning_version()  # the installed one
     for version in ("2.5.2", "2.7.0", "3.0.0"):
-        with pytest.raises(ConfigError, match=rf"lightning {version} is installed, but .* lightning >= 2.6, < 2.7 .*pip install 'lightning>=2.6,<2.7'"):
+        with pytest.raises(
+            ConfigError, match=rf"lightning {version} is installed, but .* lightning >= 2.6, < 2.7 .*pip install 'lightning>=2.6,<2.7'"
+        ):
             check_lightning_version(version)
 
 

@@ -84,7 +84,9 @@ def test_l2_penalty_shrinks_weights(tiny_dm_factory, tmp_path):
 
 
 def test_weight_decay_can_spare_biases_and_norm_layers(tiny_dm_factory, tmp_path):
-    model = LitMLP(hidden_dims=[16], batch_norm=True, decay_bias_and_norm=False, optimizer=functools.partial(torch.optim.AdamW, weight_decay=0.5))
+    model = LitMLP(
+        hidden_dims=[16], batch_norm=True, decay_bias_and_norm=False, optimizer=functools.partial(torch.optim.AdamW, weight_decay=0.5)
+    )
     optimizer = model.configure_optimizers()
     decay, no_decay = optimizer.param_groups
     assert decay["weight_decay"] == 0.5 and no_decay["weight_decay"] == 0.0
@@ -152,8 +154,15 @@ def test_sparse_adam_is_rejected_with_the_reason():
 def _lr_run(tiny_dm_factory, tmp_path, scheduler, epochs, interval="epoch", batch_size=40, **model_kwargs):
     model = LitMLP(hidden_dims=[8], optimizer=functools.partial(torch.optim.SGD, lr=0.1), lr_scheduler=scheduler, **model_kwargs)
     logger = CSVLogger(tmp_path, name="lr")
-    fit(model, tiny_dm_factory(batch_size=batch_size), tmp_path, epochs=epochs, logger=logger,
-        callbacks=[LearningRateMonitor(logging_interval=interval)], log_every_n_steps=1)
+    fit(
+        model,
+        tiny_dm_factory(batch_size=batch_size),
+        tmp_path,
+        epochs=epochs,
+        logger=logger,
+        callbacks=[LearningRateMonitor(logging_interval=interval)],
+        log_every_n_steps=1,
+    )
     return logged(tmp_path, "lr-SGD"), model
 
 
@@ -161,7 +170,10 @@ def _lr_run(tiny_dm_factory, tmp_path, scheduler, epochs, interval="epoch", batc
     ("scheduler", "formula"),
     [
         (functools.partial(torch.optim.lr_scheduler.StepLR, step_size=5, gamma=0.1), lambda e: 0.1 * 0.1 ** (e // 5)),
-        (functools.partial(torch.optim.lr_scheduler.MultiStepLR, milestones=[2, 7], gamma=0.5), lambda e: 0.1 * 0.5 ** ((e >= 2) + (e >= 7))),
+        (
+            functools.partial(torch.optim.lr_scheduler.MultiStepLR, milestones=[2, 7], gamma=0.5),
+            lambda e: 0.1 * 0.5 ** ((e >= 2) + (e >= 7)),
+        ),
         (functools.partial(torch.optim.lr_scheduler.ExponentialLR, gamma=0.8), lambda e: 0.1 * 0.8**e),
         (functools.partial(torch.optim.lr_scheduler.CosineAnnealingLR, T_max=12), lambda e: 0.05 * (1 + math.cos(math.pi * e / 12))),
     ],
@@ -175,7 +187,9 @@ def test_epoch_schedules_follow_their_formula(tiny_dm_factory, tmp_path, schedul
 
 
 def test_one_cycle_takes_total_steps_from_the_trainer(tiny_dm_factory, tmp_path):
-    rows, model = _lr_run(tiny_dm_factory, tmp_path, functools.partial(torch.optim.lr_scheduler.OneCycleLR, max_lr=1.0), epochs=4, interval="step")
+    rows, model = _lr_run(
+        tiny_dm_factory, tmp_path, functools.partial(torch.optim.lr_scheduler.OneCycleLR, max_lr=1.0), epochs=4, interval="step"
+    )
     scheduler = model.trainer.lr_scheduler_configs[0]
     assert scheduler.interval == "step" and scheduler.scheduler.total_steps == 20
     lrs = [lr for _, lr in rows]
@@ -196,7 +210,9 @@ def test_warmup_cosine_follows_its_formula_per_step(tiny_dm_factory, tmp_path):
 def test_plateau_without_a_validation_value_at_epoch_end_is_a_config_error(tiny_dm_factory, tmp_path):
     # several steps per call (manual optimization: this module steps the scheduler); no validation batches at all
     model = LitMLP(hidden_dims=[8], steps_per_call=4, lr_scheduler=torch.optim.lr_scheduler.ReduceLROnPlateau)
-    with pytest.raises(ConfigError, match=r"model.lr_scheduler_monitor='val/loss' has no value at the end of epoch 0, when ReduceLROnPlateau steps"):
+    with pytest.raises(
+        ConfigError, match=r"model.lr_scheduler_monitor='val/loss' has no value at the end of epoch 0, when ReduceLROnPlateau steps"
+    ):
         fit(model, tiny_dm_factory(batch_size=40), tmp_path, limit_val_batches=0)
 
 
@@ -373,6 +389,7 @@ def test_elastic_distortion_displaces_each_image_by_its_own_smooth_field_of_stre
 
     def roughness(d: torch.Tensor) -> float:  # neighbour differences relative to the displacement
         return ((d[..., 1:] - d[..., :-1]).std() / d.std()).item()
+
     assert roughness(field) < 0.3 and roughness(displacement(10.0, 1.0)) > 0.5
     assert not BatchAugment(elastic=0.0).active
 
@@ -394,7 +411,9 @@ def test_label_smoothing_mixes_cross_entropy_with_the_uniform_target_and_needs_m
 def test_divergence_stops_training_and_keeps_good_checkpoints(tiny_dm_factory, tmp_path, steps_per_call):
     # lr x 1e12 from epoch 2 on: epochs 0 and 1 train normally and are checkpointed, epoch 2 blows up
     model = LitMLP(
-        hidden_dims=[16], steps_per_call=steps_per_call, optimizer=functools.partial(torch.optim.SGD, lr=0.1),
+        hidden_dims=[16],
+        steps_per_call=steps_per_call,
+        optimizer=functools.partial(torch.optim.SGD, lr=0.1),
         lr_scheduler=functools.partial(torch.optim.lr_scheduler.MultiStepLR, milestones=[2], gamma=1e12),
     )
     checkpoint = ModelCheckpoint(dirpath=tmp_path / "ckpt", monitor="val/acc", mode="max", save_last=True)

@@ -21,7 +21,14 @@ from pathlib import Path
 
 CHROMIUM = os.environ.get("CHROMIUM", "/usr/bin/chromium")
 # what the machine's closed network and a root user need (see the README's test section)
-CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update", "--disable-sync", "--no-first-run"]
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
 
 
 def free_port() -> int:
@@ -44,7 +51,9 @@ def tensorboard(logdir: Path, timeout: float = 60.0) -> Iterator[str]:
                 if get_json(url, "/data/runs"):  # listed once the first scan of logdir is done
                     break
             if server.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"tensorboard did not serve {logdir} within {timeout:.0f} s: {server.stderr.read()[-2000:] if server.poll() is not None else 'still starting'}")
+                raise RuntimeError(
+                    f"tensorboard did not serve {logdir} within {timeout:.0f} s: {server.stderr.read()[-2000:] if server.poll() is not None else 'still starting'}"
+                )
             time.sleep(0.5)
         yield url
     finally:
@@ -62,8 +71,13 @@ def get_json(url: str, path: str, body: dict | None = None) -> object:
 
 def hparams_session_groups(url: str) -> list[dict]:
     """The runs the HParams plugin lists, with their hyper-parameters and metrics."""
-    body = {"experimentName": "", "allowedStatuses": ["STATUS_UNKNOWN", "STATUS_SUCCESS", "STATUS_FAILURE", "STATUS_RUNNING"],
-            "colParams": [], "startIndex": 0, "sliceSize": 100}
+    body = {
+        "experimentName": "",
+        "allowedStatuses": ["STATUS_UNKNOWN", "STATUS_SUCCESS", "STATUS_FAILURE", "STATUS_RUNNING"],
+        "colParams": [],
+        "startIndex": 0,
+        "sliceSize": 100,
+    }
     return get_json(url, "/data/plugin/hparams/session_groups", body)["sessionGroups"]
 
 

@@ -14,4 +14,16 @@ from mlplab.models import MLP
 
 __version__ = "0.1.0"
 
-__all__ = ["CSVPredictionWriter", "FusedEMAWeightAveraging", "LayerGradientNorms", "TestDiagnostics", "MLP", "FashionMNISTDataModule", "IDXDataModule", "LitMLP", "MNISTDataModule", "TrainBatchImageGrid", "__version__"]
+__all__ = [
+    "MLP",
+    "CSVPredictionWriter",
+    "FashionMNISTDataModule",
+    "FusedEMAWeightAveraging",
+    "IDXDataModule",
+    "LayerGradientNorms",
+    "LitMLP",
+    "MNISTDataModule",
+    "TestDiagnostics",
+    "TrainBatchImageGrid",
+    "__version__",
+]

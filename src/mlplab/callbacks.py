@@ -156,9 +156,13 @@ class TestDiagnostics(Callback):
 
     def on_test_epoch_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         self.wrong = []
-        self.confusion = MulticlassConfusionMatrix(pl_module.hparams.num_classes).to(pl_module.device) if self._active(trainer, pl_module) else None
+        self.confusion = (
+            MulticlassConfusionMatrix(pl_module.hparams.num_classes).to(pl_module.device) if self._active(trainer, pl_module) else None
+        )
 
-    def on_test_batch_end(self, trainer: Trainer, pl_module: LightningModule, outputs: Any, batch: Any, batch_idx: int, dataloader_idx: int = 0) -> None:
+    def on_test_batch_end(
+        self, trainer: Trainer, pl_module: LightningModule, outputs: Any, batch: Any, batch_idx: int, dataloader_idx: int = 0
+    ) -> None:
         if self.confusion is None or outputs is None:
             return
         images, targets = batch

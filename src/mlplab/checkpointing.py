@@ -65,7 +65,9 @@ class GracefulInterrupt(Callback):
     def on_train_batch_end(self, trainer: Trainer, pl_module: LightningModule, outputs: Any, batch: Any, batch_idx: int) -> None:
         if not self.requested:
             return
-        folder = Path(trainer.checkpoint_callback.dirpath) if trainer.checkpoint_callback else Path(trainer.default_root_dir) / "checkpoints"
+        folder = (
+            Path(trainer.checkpoint_callback.dirpath) if trainer.checkpoint_callback else Path(trainer.default_root_dir) / "checkpoints"
+        )
         path = folder / "last.ckpt"
         trainer.save_checkpoint(path)
         rank_zero_info(
@@ -98,13 +100,17 @@ def check_checkpoint_file(path: str | os.PathLike) -> None:
     if "://" in str(path):
         return
     if not Path(path).is_file():
-        raise ConfigError(f"ckpt_path={str(path)!r} does not exist. Give the path of a .ckpt file, or 'last' to resume this config's newest run.")
+        raise ConfigError(
+            f"ckpt_path={str(path)!r} does not exist. Give the path of a .ckpt file, or 'last' to resume this config's newest run."
+        )
     try:
         torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:
         lines = [line.strip() for line in str(err).splitlines() if line.strip()]
         # torch's weights-only unpickler names what it refused on a line of its own, after a generic preamble
-        reason = next((line for line in lines if line.startswith(("Trying to load", "Unsupported"))), lines[0] if lines else type(err).__name__)
+        reason = next(
+            (line for line in lines if line.startswith(("Trying to load", "Unsupported"))), lines[0] if lines else type(err).__name__
+        )
         raise ConfigError(
             f"ckpt_path={str(path)!r} was refused: torch.load(weights_only=True) could not read it ({reason}). Either it is not a "
             "PyTorch file, or it holds pickled Python objects beyond tensors and plain data, which could run code when loaded. "

@@ -31,8 +31,18 @@ from mlplab.lit_mlp import LitMLP
 FORMATS: dict[str, str] = {"state_dict": ".pt", "safetensors": ".safetensors", "torchscript": ".torchscript.pt", "onnx": ".onnx"}
 # the LitMLP arguments that define the network (the rest only matter for training)
 ARCHITECTURE_KEYS = (
-    "input_dim", "num_classes", "hidden_dims", "activation", "dropout", "batch_norm", "residual",
-    "maxout_pieces", "init", "init_std", "bias_init", "task",
+    "input_dim",
+    "num_classes",
+    "hidden_dims",
+    "activation",
+    "dropout",
+    "batch_norm",
+    "residual",
+    "maxout_pieces",
+    "init",
+    "init_std",
+    "bias_init",
+    "task",
 )
 
 
@@ -80,10 +90,20 @@ def export_checkpoint(ckpt_path: str | Path, fmt: str, output: str | Path | None
         atomic_write(output, lambda path: torch.jit.save(traced, str(path)))
     else:
         batch = torch.export.Dim("batch", min=1)
-        atomic_write(output, lambda path: torch.onnx.export(
-            InferenceModel(model), (example,), str(path), input_names=["input"], output_names=["output"],
-            dynamic_shapes=({0: batch},), dynamo=True, external_data=False, verbose=False,
-        ))
+        atomic_write(
+            output,
+            lambda path: torch.onnx.export(
+                InferenceModel(model),
+                (example,),
+                str(path),
+                input_names=["input"],
+                output_names=["output"],
+                dynamic_shapes=({0: batch},),
+                dynamo=True,
+                external_data=False,
+                verbose=False,
+            ),
+        )
     return output
 
 

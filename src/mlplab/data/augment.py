@@ -11,9 +11,8 @@ from __future__ import annotations
 import math
 
 import torch
-import torch.nn.functional as F  # noqa: N812
+import torch.nn.functional as F
 from torch import Tensor, nn
-
 
 # torchvision.transforms.v2.RandomErasing's defaults: erased area fraction and aspect-ratio range
 ERASE_AREA = (0.02, 0.33)

@@ -258,7 +258,9 @@ class IDXDataModule(InMemoryDataModule):
     ) -> None:
         super().__init__()
         if predict_dir is not None and not Path(predict_dir).is_dir():
-            raise ConfigError(f"data.predict_dir={predict_dir!r} is not a folder; give a folder of {self.input_shape[1]}x{self.input_shape[2]} PNG files.")
+            raise ConfigError(
+                f"data.predict_dir={predict_dir!r} is not a folder; give a folder of {self.input_shape[1]}x{self.input_shape[2]} PNG files."
+            )
         if isinstance(normalize, bool):
             normalize = "standardize" if normalize else "none"
         if normalize not in PREPROCESSING:

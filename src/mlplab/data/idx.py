@@ -39,7 +39,9 @@ def open_maybe_gzip(path: Path) -> bytes:
     data = path.read_bytes()
     if path.suffix == ".gz":
         if not data.startswith(_GZIP_MAGIC):
-            raise DataError(f"{path} is named .gz but is not a gzip file (it starts with {data[:2]!r}, gzip files start with {_GZIP_MAGIC!r}).")
+            raise DataError(
+                f"{path} is named .gz but is not a gzip file (it starts with {data[:2]!r}, gzip files start with {_GZIP_MAGIC!r})."
+            )
         try:
             data = gzip.decompress(data)
         except (OSError, EOFError) as err:

@@ -10,8 +10,8 @@ other iterable the data must shard itself. ``ShardedPermutation`` does what Dist
 does (each rank a distinct, equally long part of every epoch, reshuffled per epoch from
 ``seed + epoch``) and exposes ``set_epoch``, which Lightning calls on ``loader.sampler``.
 
-For several optimizer steps per ``training_step`` call the loader serves a :class:`BatchGroup`
-of consecutive batches, each gathered only when the step reaches it.
+For ``LitMLP.steps_per_call > 1`` the loader serves a :class:`BatchGroup` of consecutive
+batches per fetch, each gathered only when its step reaches it (see :mod:`mlplab.grouped`).
 """
 
 from __future__ import annotations

@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import torch
-import torch.nn.functional as F  # noqa: N812
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from mlplab.errors import ConfigError
@@ -118,7 +118,7 @@ class Preprocessor(nn.Module):
     def output_dim(self, input_dim: int) -> int:
         return self.projection.shape[1] if self.projection.numel() else input_dim
 
-    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs):  # noqa: ANN001
+    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs):
         for name, buffer in self._buffers.items():
             saved = state_dict.get(prefix + name)
             if saved is not None and buffer is not None and saved.shape != buffer.shape:

@@ -119,7 +119,7 @@ def ensure_dataset(source: DatasetSource, data_dir: str | os.PathLike, methods: 
                 fetchers[method](source, scratch)
                 _install(missing, scratch, raw_dir)
             return raw_dir
-        except Exception as err:  # noqa: BLE001 - every failure is reported together below
+        except Exception as err:
             failures.append(f"{method}: {str(err).strip().splitlines()[-1] if str(err).strip() else type(err).__name__}")
     names = ", ".join(f.name for f in source.files)
     raise DataError(

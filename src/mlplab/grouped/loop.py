@@ -1,4 +1,4 @@
-"""The speed path: Lightning's training loop, served a group of batches per fetch, stepping once per batch.
+"""Lightning's training epoch loop, served a group of batches per fetch, stepping once per batch.
 
 Lightning's per-batch machinery (data fetcher, the generic hook dispatch over every callback,
 the automatic-optimization closure, strategy and precision plugin) costs about as much as a
@@ -14,9 +14,8 @@ they are and only makes one batch cheaper to reach:
   ``on_advance_end`` (validation checks, the logger's step counter, SIGTERM).
 
 So every Trainer flag, progress bar, logger step and per-batch callback sees one batch per
-step, exactly as with one step per call. Private Lightning APIs used by mlplab live here; each
-use says why. :func:`check_lightning_version` refuses a Lightning outside the range this was
-written and tested for.
+step, exactly as with one step per call. Everything here is Lightning-private (``_TrainingEpochLoop``
+and its counters); :func:`mlplab.grouped.check_lightning_version` guards the release.
 """
 
 from __future__ import annotations
@@ -24,47 +23,14 @@ from __future__ import annotations
 from collections import OrderedDict
 from typing import Any
 
-import lightning
 from lightning.pytorch import Callback, LightningModule, Trainer
 from lightning.pytorch.loops.training_epoch_loop import _TrainingEpochLoop
 from lightning.pytorch.trainer import call
 from lightning.pytorch.utilities.model_helpers import is_overridden
-from packaging.version import Version
 
 from mlplab.data.loader import BatchGroup
-from mlplab.errors import ConfigError
 
-# the Lightning releases this module was written and tested against (pyproject.toml says the same)
-LIGHTNING_RANGE = (Version("2.6"), Version("2.7"))
 PER_BATCH_HOOKS = ("on_train_batch_start", "on_train_batch_end")
-# LightningModule hooks that only automatic optimization calls: a subclass overriding one needs Lightning's own step
-AUTOMATIC_OPTIMIZATION_HOOKS = ("training_step", "optimizer_step", "optimizer_zero_grad", "backward", "configure_gradient_clipping", "lr_scheduler_step")
-
-
-def check_lightning_version(version: str = lightning.__version__) -> None:
-    """ConfigError unless ``version`` is in :data:`LIGHTNING_RANGE` (the private APIs below may move in other releases)."""
-    low, high = LIGHTNING_RANGE
-    if not low <= Version(version) < high:
-        raise ConfigError(
-            f"lightning {version} is installed, but mlplab's training loop was written and tested for lightning >= {low}, < {high} "
-            f"(it uses Lightning internals that may differ elsewhere); install a release in that range: pip install 'lightning>={low},<{high}'."
-        )
-
-
-def one_step_per_call_reason(module: LightningModule, trainer: Trainer, base: type[LightningModule]) -> str | None:
-    """Why this fit must take Lightning's own automatic-optimization step per batch, or None if the grouped loop can run.
-
-    ``base`` is the module class whose hooks the grouped loop knows (a subclass overriding one of
-    :data:`AUTOMATIC_OPTIMIZATION_HOOKS` wrote it for automatic optimization).
-    """
-    if trainer.gradient_clip_val:
-        return f"Trainer gradient clipping (gradient_clip_val={trainer.gradient_clip_val}) runs under automatic optimization only"
-    if trainer.accumulate_grad_batches != 1:
-        return f"accumulate_grad_batches={trainer.accumulate_grad_batches} runs under automatic optimization only"
-    overridden = [hook for hook in AUTOMATIC_OPTIMIZATION_HOOKS if is_overridden(hook, module, base)]
-    if overridden:
-        return f"{type(module).__name__} overrides {', '.join(overridden)}, which Lightning calls per batch under automatic optimization"
-    return None
 
 
 def epoch_ran_to_its_end(trainer: Trainer) -> bool:

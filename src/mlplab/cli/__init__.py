@@ -1,0 +1,44 @@
+"""The ``mlplab`` command: ``fit | validate | test | predict`` (LightningCLI), ``data``, ``export`` and ``sweep``.
+
+- :mod:`mlplab.cli.lightning_cli`: :class:`MLPLabCLI`, the LightningCLI subclass and its defaults;
+- :mod:`mlplab.cli.run_folders`: claiming ``version_N``, ``--ckpt_path last``, the run of a checkpoint;
+- :mod:`mlplab.cli.commands`: ``mlplab data`` and ``mlplab export``; ``mlplab sweep`` is :mod:`mlplab.sweep`;
+- :mod:`mlplab.cli.messages`: bad input as one paragraph.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import traceback
+from collections.abc import Sequence
+
+from mlplab.cli.commands import data_command, export_command
+from mlplab.cli.lightning_cli import MLPLabCLI
+from mlplab.cli.messages import describe_argument_error, describe_instantiation_error
+from mlplab.errors import MLPLabError
+
+__all__ = ["MLPLabCLI", "data_command", "describe_argument_error", "describe_instantiation_error", "export_command", "main"]
+
+
+def main(args: Sequence[str] | None = None) -> None:
+    """Entry point of the ``mlplab`` console script."""
+    argv = list(sys.argv[1:] if args is None else args)
+    try:
+        if argv[:1] == ["data"]:
+            data_command(argv[1:])
+        elif argv[:1] == ["export"]:
+            export_command(argv[1:])
+        elif argv[:1] == ["sweep"]:
+            from mlplab.sweep import sweep_command
+
+            sweep_command(argv[1:])
+        else:
+            MLPLabCLI(args=None if args is None else argv)
+    except (MLPLabError, argparse.ArgumentError) as err:
+        if os.environ.get("MLPLAB_DEBUG"):
+            traceback.print_exc()
+        message = describe_argument_error(err) if isinstance(err, argparse.ArgumentError) else str(err)
+        print(f"mlplab: error: {message}", file=sys.stderr)
+        sys.exit(2)

@@ -1,0 +1,5 @@
+"""``python -m mlplab.cli``: the ``mlplab`` command."""
+
+from mlplab.cli import main
+
+main()

@@ -1,0 +1,139 @@
+"""The checks of ``LitMLP``'s configuration, and how its optimizer/scheduler callables become plain hparams.
+
+Each check raises one :class:`~mlplab.errors.ConfigError` paragraph naming the value, where it
+belongs (``model.*``, a callback's ``monitor``, ``trainer.*``) and what is allowed, before any
+training starts.
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+import math
+from collections.abc import Iterable
+from typing import Any
+
+import torch
+from lightning.pytorch import Callback
+
+from mlplab.errors import ConfigError
+
+TASKS: tuple[str, ...] = ("multiclass", "multilabel", "regression")
+# Lightning's own instantiator for hparams given as class_path/init_args (what LightningCLI saves)
+CLI_INSTANTIATOR = "lightning.pytorch.cli.instantiate_module"
+
+
+def callable_target(value: Any) -> tuple[type, dict[str, Any]] | None:
+    """The class a factory builds and its keyword arguments, for a class or a keyword ``functools.partial`` of one."""
+    if isinstance(value, functools.partial):
+        # functools.partial(Class, **kw), or jsonargparse's partial(wrapper, instantiator, Class, **kw)
+        classes = [v for v in (value.func, *value.args) if inspect.isclass(v)]
+        return (classes[0], dict(value.keywords)) if len(classes) == 1 else None
+    return (value, {}) if inspect.isclass(value) else None
+
+
+def store_callables_as_config(hparams: dict[str, Any]) -> None:
+    """Keep checkpoints plain data (loadable with ``torch.load(weights_only=True)``).
+
+    LightningCLI already stores the optimizer/scheduler as ``class_path``/``init_args``; a model
+    built in Python holds callables instead. Those are rewritten the same way, and Lightning's CLI
+    instantiator rebuilds them in ``load_from_checkpoint``. A callable that cannot be described
+    (a lambda) is dropped from the hparams: a reloaded model then uses the default.
+    """
+    rewritten = False
+    for key in ("optimizer", "lr_scheduler"):
+        value = hparams.get(key)
+        if value is None or isinstance(value, dict):
+            continue
+        target = callable_target(value)
+        if target is None:
+            del hparams[key]
+        else:
+            cls, keywords = target
+            hparams[key] = {"class_path": f"{cls.__module__}.{cls.__qualname__}", "init_args": keywords}
+        rewritten = True
+    if rewritten:
+        hparams.setdefault("_instantiator", CLI_INSTANTIATOR)
+
+
+def check_model_arguments(task: str, label_smoothing: float, l1: float, l2: float, steps_per_call: int, optimizer: Any) -> None:
+    """ConfigError for a ``model.*`` value ``LitMLP`` cannot train with."""
+    if steps_per_call < 1:
+        raise ConfigError(f"model.steps_per_call={steps_per_call} is not allowed; it must be a positive integer.")
+    if task not in TASKS:
+        raise ConfigError(f"model.task={task!r} is not allowed; choose one of {', '.join(TASKS)}.")
+    if not 0 <= label_smoothing < 1 or (label_smoothing and task != "multiclass"):
+        raise ConfigError(
+            f"model.label_smoothing={label_smoothing} is not allowed with model.task={task!r}; "
+            "it must be in [0, 1), and non-zero only for task multiclass."
+        )
+    if l1 < 0 or l2 < 0:
+        raise ConfigError(f"model.l1={l1} and model.l2={l2} must be >= 0.")
+    target = callable_target(optimizer)
+    if target is not None and issubclass(target[0], torch.optim.SparseAdam):
+        raise ConfigError(
+            "model.optimizer=SparseAdam is not allowed for an MLP: SparseAdam only accepts sparse gradients "
+            "(from nn.Embedding(sparse=True)), and Linear layers produce dense ones. Use Adam or AdamW, its dense equivalents."
+        )
+    if target is not None and "lr" in target[1]:
+        lr = float(target[1]["lr"])
+        if not (math.isfinite(lr) and lr > 0):
+            raise ConfigError(f"model.optimizer.lr={target[1]['lr']} is not allowed; the learning rate must be a positive, finite number.")
+
+
+def check_data_fits(task: str, datamodule: Any) -> None:
+    """ConfigError when the DataModule's task (``multiclass``, ``multilabel``, ``regression``) is not the model's."""
+    data_task = getattr(datamodule, "task", None)
+    if data_task is not None and data_task != task:
+        raise ConfigError(
+            f"model.task={task!r} does not fit {type(datamodule).__name__}, a {data_task!r} data set; "
+            f"set model.task={data_task!r} or choose another data module."
+        )
+
+
+def scheduler_is_plateau(lr_scheduler_factory: Any) -> bool:
+    """Whether the configured scheduler is a ReduceLROnPlateau (it then watches ``lr_scheduler_monitor``)."""
+    target = callable_target(lr_scheduler_factory)
+    return target is not None and issubclass(target[0], torch.optim.lr_scheduler.ReduceLROnPlateau)
+
+
+def check_monitored_metrics(callbacks: Iterable[Callback], plateau_monitor: str | None, logged: set[str]) -> None:
+    """ConfigError before training when a callback or the scheduler (``plateau_monitor``) watches a metric never logged.
+
+    Only keys in the model's namespaces (``train/``, ``val/``, ``test/``, ``hp_metric``) are checked:
+    other keys may come from the user's own callbacks.
+    """
+    monitored = [(f"{type(c).__name__}(monitor={c.monitor!r})", c.monitor) for c in callbacks if getattr(c, "monitor", None)]
+    if plateau_monitor is not None:
+        monitored.append((f"model.lr_scheduler_monitor={plateau_monitor!r}", plateau_monitor))
+    for owner, key in monitored:
+        if key.startswith(("train/", "val/", "test/", "hp_metric")) and key not in logged:
+            raise ConfigError(
+                f"{owner} watches a metric that is never logged, so it cannot be monitored; logged metrics: {', '.join(sorted(logged))}."
+            )
+
+
+def check_plateau_gets_validation_every_epoch(monitor: str, interval: str, check_val_every_n_epoch: Any) -> None:
+    """ConfigError before training when ReduceLROnPlateau watches a ``val/`` metric that some epochs will not have.
+
+    It steps at every epoch end and needs the metric then (Lightning's own path fails at the first epoch
+    without validation, with a traceback).
+    """
+    every = check_val_every_n_epoch
+    if monitor.startswith("val/") and isinstance(every, int) and every > 1 and interval == "epoch":
+        raise ConfigError(
+            f"model.lr_scheduler_monitor={monitor!r} is a validation metric, but trainer.check_val_every_n_epoch={every} "
+            "validates only every few epochs while ReduceLROnPlateau steps after every epoch and needs it each time; "
+            "set trainer.check_val_every_n_epoch=1 or monitor a train/ metric."
+        )
+
+
+def scheduler_warmup_steps(target: tuple[type, dict[str, Any]]) -> int:
+    """A scheduler's ``warmup_steps`` (given, or its class's default), 0 if it has none."""
+    parameter = inspect.signature(target[0]).parameters.get("warmup_steps")
+    return int(target[1].get("warmup_steps", parameter.default if parameter is not None else 0) or 0)
+
+
+def takes_total_steps(target: tuple[type, dict[str, Any]] | None) -> bool:
+    """Whether a scheduler has a ``total_steps`` argument left unset (OneCycleLR, WarmupCosineLR): the Trainer fills it."""
+    return bool(target) and "total_steps" in inspect.signature(target[0]).parameters and target[1].get("total_steps") is None

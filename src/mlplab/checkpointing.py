@@ -25,6 +25,7 @@ import torch
 from lightning.pytorch import Callback, LightningModule, Trainer
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 from lightning.pytorch.utilities import rank_zero_info
+from torchmetrics import Metric
 
 from mlplab.data.idx import atomic_write
 from mlplab.errors import ConfigError
@@ -39,6 +40,46 @@ class AtomicCheckpointIO(TorchCheckpointIO):
             return
         # serialised straight into the temporary file: no in-memory copy of the whole checkpoint
         atomic_write(Path(path), lambda tmp: torch.save(checkpoint, tmp))
+
+
+class ResumableProgress(LightningModule):
+    """Mixin: what a resumed fit needs beyond Lightning's own checkpoint state to continue exactly.
+
+    The torch RNG state (dropout, augmentation), the running epoch's metric sums and the step the
+    epoch began at, saved as ``checkpoint["mlplab_progress"]``: tensors and plain numbers only, so
+    checkpoints stay loadable with ``torch.load(weights_only=True)``. The host class provides
+    ``resumable_metrics()`` (name -> metric, names as saved), ``before_saving_progress()`` and
+    ``epoch_start_step``.
+    """
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        self.before_saving_progress()
+        metric_states = {}
+        for name, metric in self.resumable_metrics().items():
+            metric.persistent(True)
+            metric_states[name] = dict(metric.state_dict())
+            metric.persistent(False)
+        checkpoint["mlplab_progress"] = {
+            "torch_rng_state": torch.get_rng_state(),
+            "cuda_rng_states": torch.cuda.get_rng_state_all() if torch.cuda.is_initialized() else [],
+            "epoch_start_step": self.epoch_start_step,
+            "metric_states": metric_states,
+        }
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """When a fit resumes (not when a model is merely loaded), restore what :meth:`on_save_checkpoint` saved."""
+        progress = checkpoint.get("mlplab_progress")
+        if progress is None or self._trainer is None or self.trainer.state.fn != "fit":
+            return
+        torch.set_rng_state(progress["torch_rng_state"])
+        if progress["cuda_rng_states"] and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(progress["cuda_rng_states"])
+        self.epoch_start_step = progress["epoch_start_step"]
+        metrics: dict[str, Metric] = self.resumable_metrics()
+        for name, metric in metrics.items():
+            metric.persistent(True)
+            metric.load_state_dict(progress["metric_states"][name])
+            metric.persistent(False)
 
 
 class GracefulInterrupt(Callback):

@@ -24,6 +24,7 @@ from torch import Tensor, nn
 from torchmetrics import MaxMetric, Metric, MinMetric
 
 from mlplab import model_config, stage_metrics
+from mlplab.checkpointing import ResumableProgress
 from mlplab.data.preprocessing import Preprocessor
 from mlplab.errors import ConfigError, TrainingDivergedError
 from mlplab.grouped import GroupedSteps, check_lightning_version
@@ -35,7 +36,7 @@ HEADLINE_METRIC = {"multiclass": ("acc", "max"), "multilabel": ("acc", "max"), "
 STAGES = ("train", "val", "test")
 
 
-class LitMLP(GroupedSteps):
+class LitMLP(GroupedSteps, ResumableProgress):
     """An MLP trained for multi-class, multi-label or regression targets.
 
     Args:
@@ -359,41 +360,13 @@ class LitMLP(GroupedSteps):
         plateau = self.hparams.lr_scheduler_monitor if model_config.scheduler_is_plateau(self.lr_scheduler_factory) else None
         model_config.check_monitored_metrics(callbacks, plateau, self.logged_metric_names())
 
-    def _resumable_metrics(self) -> dict[str, Metric]:
+    def resumable_metrics(self) -> dict[str, Metric]:
+        """The metric sums a mid-epoch checkpoint saves (:class:`~mlplab.checkpointing.ResumableProgress`)."""
         return {**self.stages["train"].resumable(), "val_best": self.val_best}
 
-    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        """Save what a resumed fit needs to continue exactly: RNG state, this epoch's metric sums, step counters.
-
-        All tensors and plain numbers, so checkpoints stay loadable with ``torch.load(weights_only=True)``.
-        """
+    def before_saving_progress(self) -> None:
         self._check_losses_finite()
         self.stages["train"].flush()  # the metric sums saved must include every step trained so far
-        metric_states = {}
-        for name, metric in self._resumable_metrics().items():
-            metric.persistent(True)
-            metric_states[name] = dict(metric.state_dict())
-            metric.persistent(False)
-        checkpoint["mlplab_progress"] = {
-            "torch_rng_state": torch.get_rng_state(),
-            "cuda_rng_states": torch.cuda.get_rng_state_all() if torch.cuda.is_initialized() else [],
-            "epoch_start_step": self.epoch_start_step,
-            "metric_states": metric_states,
-        }
-
-    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        """When a fit resumes (not when a model is merely loaded), restore what :meth:`on_save_checkpoint` saved."""
-        progress = checkpoint.get("mlplab_progress")
-        if progress is None or self._trainer is None or self.trainer.state.fn != "fit":
-            return
-        torch.set_rng_state(progress["torch_rng_state"])
-        if progress["cuda_rng_states"] and torch.cuda.is_available():
-            torch.cuda.set_rng_state_all(progress["cuda_rng_states"])
-        self.epoch_start_step = progress["epoch_start_step"]
-        for name, metric in self._resumable_metrics().items():
-            metric.persistent(True)
-            metric.load_state_dict(progress["metric_states"][name])
-            metric.persistent(False)
 
     def load_state_dict(self, state_dict: Any, strict: bool = True, assign: bool = False) -> Any:
         """``nn.Module.load_state_dict`` that names every layer whose shape differs in one clear error."""

@@ -142,10 +142,13 @@ class MLPLabCLI(LightningCLI):
             if subcommand in ("validate", "test", "predict") and config.get("ckpt_path") is None:
                 rank_zero_info(f"mlplab: no --ckpt_path: {subcommand} runs on a new model's untrained weights.")
 
+    def _subcommand_config(self) -> Any:
+        """The parsed config of the running subcommand (the whole config when LightningCLI runs none)."""
+        return self.config.get(self.subcommand) if self.subcommand else self.config
+
     def _option(self, key: str, default: Any = None) -> Any:
         """The parsed value of ``key`` for the running subcommand."""
-        config = self.config.get(self.subcommand) if self.subcommand else self.config
-        return config.get(key, default)
+        return self._subcommand_config().get(key, default)
 
     def before_instantiate_classes(self) -> None:
         """Choose where this command logs.
@@ -155,7 +158,7 @@ class MLPLabCLI(LightningCLI):
         shows their metrics beside its curves; ``predict`` writes no TensorBoard run at all (its output
         is the CSV).
         """
-        config = self.config[self.subcommand] if self.subcommand else self.config
+        config = self._subcommand_config()
         if self.subcommand == "fit" and self.resumed_version is None:
             self._claim_log_version(config)
         elif self.subcommand == "predict":
@@ -234,7 +237,7 @@ class MLPLabCLI(LightningCLI):
         except ValueError as err:
             # jsonargparse reports the model's or DataModule's own ConfigError inside a long "does not validate"
             # message: building the class directly raises the original one-paragraph error instead
-            config = self.config.get(self.subcommand) if self.subcommand else self.config
+            config = self._subcommand_config()
             for key in ("model", "data"):
                 spec = config.get(key)
                 if isinstance(spec, Namespace) and spec.get("class_path"):

@@ -47,21 +47,23 @@ class GroupedTrainingEpochLoop(_TrainingEpochLoop):
     (``module.grouped_steps`` is false) every call goes to Lightning's own ``advance``.
     """
 
+    # (set by install_grouped_loop, then by reset() at every epoch start)
     group: BatchGroup | None
     position: int
+    validates_this_epoch: bool | None
     hooked: dict[str, list[Callback]]
 
     def reset(self) -> None:
         super().reset()
         self.group, self.position = None, 0  # a group cut short by max_steps is not carried into the next epoch
-        self.validates_this_epoch: bool | None = None
+        self.validates_this_epoch = None
 
     def _should_check_val_epoch(self) -> bool:
         """Lightning's test whether this epoch validates, computed once per epoch (it is asked after every batch).
 
         Its inputs (``enable_validation``, ``check_val_every_n_epoch``, the epoch) do not change within an epoch.
         """
-        if getattr(self, "validates_this_epoch", None) is None:
+        if self.validates_this_epoch is None:
             self.validates_this_epoch = super()._should_check_val_epoch()
         return self.validates_this_epoch
 
@@ -117,7 +119,7 @@ class GroupedTrainingEpochLoop(_TrainingEpochLoop):
 
     def _next_batch(self, data_fetcher: Any, module: LightningModule) -> Any:
         """The next batch of the current group, fetching (and transferring) the next group when this one is used up."""
-        if getattr(self, "group", None) is None or self.position == len(self.group):
+        if self.group is None or self.position == len(self.group):
             group, _, _ = next(data_fetcher)  # StopIteration ends the epoch, as in Lightning's advance
             trainer = self.trainer
             # what Lightning's advance does to each fetched item (the DataModule's hooks handle a group)
@@ -174,4 +176,4 @@ def install_grouped_loop(trainer: Trainer) -> None:
     if type(epoch_loop) is _TrainingEpochLoop:
         # private: Trainer.fit_loop.epoch_loop is built by the Trainer; swapping the class keeps every attribute
         epoch_loop.__class__ = GroupedTrainingEpochLoop
-        epoch_loop.group, epoch_loop.position = None, 0
+        epoch_loop.group, epoch_loop.position, epoch_loop.validates_this_epoch = None, 0, None

@@ -1,8 +1,8 @@
-"""The ``mlplab`` command: ``fit | validate | test | predict`` (LightningCLI), ``data``, ``export`` and ``sweep``.
+"""The ``mlplab`` command: ``fit | validate | test | predict`` (LightningCLI), ``data``, ``export`` and ``tune``.
 
 - :mod:`mlplab.cli.lightning_cli`: :class:`MLPLabCLI`, the LightningCLI subclass and its defaults;
 - :mod:`mlplab.cli.run_folders`: claiming ``version_N``, ``--ckpt_path last``, the run of a checkpoint;
-- :mod:`mlplab.cli.commands`: ``mlplab data`` and ``mlplab export``; ``mlplab sweep`` is :mod:`mlplab.sweep`;
+- :mod:`mlplab.cli.commands`: ``mlplab data`` and ``mlplab export``; ``mlplab tune`` is :mod:`mlplab.tune`;
 - :mod:`mlplab.cli.messages`: bad input as one paragraph.
 """
 
@@ -14,6 +14,8 @@ import sys
 import traceback
 from collections.abc import Sequence
 
+from lightning.pytorch import Callback
+
 from mlplab.cli.commands import data_command, export_command
 from mlplab.cli.lightning_cli import MLPLabCLI
 from mlplab.cli.messages import describe_argument_error, describe_instantiation_error
@@ -22,20 +24,20 @@ from mlplab.errors import MLPLabError
 __all__ = ["MLPLabCLI", "data_command", "describe_argument_error", "describe_instantiation_error", "export_command", "main"]
 
 
-def main(args: Sequence[str] | None = None) -> None:
-    """Entry point of the ``mlplab`` console script."""
+def main(args: Sequence[str] | None = None, extra_callbacks: Sequence[Callback] = ()) -> None:
+    """Entry point of the ``mlplab`` console script (``extra_callbacks``: see :class:`MLPLabCLI`)."""
     argv = list(sys.argv[1:] if args is None else args)
     try:
         if argv[:1] == ["data"]:
             data_command(argv[1:])
         elif argv[:1] == ["export"]:
             export_command(argv[1:])
-        elif argv[:1] == ["sweep"]:
-            from mlplab.sweep import sweep_command
+        elif argv[:1] == ["tune"]:
+            from mlplab.tune.command import tune_command  # (imports Optuna only when it is used)
 
-            sweep_command(argv[1:])
+            tune_command(argv[1:])
         else:
-            MLPLabCLI(args=None if args is None else argv)
+            MLPLabCLI(args=None if args is None else argv, extra_callbacks=extra_callbacks)
     except (MLPLabError, argparse.ArgumentError) as err:
         if os.environ.get("MLPLAB_DEBUG"):
             traceback.print_exc()

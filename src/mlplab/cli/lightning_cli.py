@@ -44,7 +44,7 @@ from mlplab.lit_mlp import LitMLP
 OTHER_COMMANDS = (
     "Other commands: `mlplab data download --dataset {mnist,fashion_mnist,all}` fetches and verifies the data; "
     "`mlplab export --ckpt_path CKPT --format {state_dict,safetensors,torchscript,onnx}` exports a trained model; "
-    "`mlplab sweep --grid KEY=V1,V2 [--grid ...] --config ...` runs a grid of fits and tabulates them."
+    "`mlplab tune --config ... --space SPACE.yaml --study NAME --n_trials N` searches hyper-parameters with Optuna."
 )
 
 
@@ -75,13 +75,22 @@ OFF_BY_DEFAULT_CALLBACKS: dict[str, type[Callback]] = {"gradient_norms": LayerGr
 class MLPLabCLI(LightningCLI):
     """LightningCLI for :class:`mlplab.LitMLP` with any :class:`mlplab.data.InMemoryDataModule` subclass."""
 
-    def __init__(self, args: Sequence[str] | None = None, run: bool = True, **kwargs: Any) -> None:
+    def __init__(
+        self, args: Sequence[str] | None = None, run: bool = True, extra_callbacks: Sequence[Callback] = (), **kwargs: Any
+    ) -> None:
+        """``extra_callbacks`` join the defaults below (``mlplab tune`` adds its trial's pruning callback this way)."""
         kwargs.setdefault(
             "trainer_defaults",
             {
                 "logger": _class_default(TensorBoardLogger, save_dir="logs", name="mlplab"),
                 # counts every batch, redrawn every 64: a redraw costs about as much as a small MLP's step
-                "callbacks": [TrainBatchImageGrid(), TestDiagnostics(), TQDMProgressBar(refresh_rate=64), GracefulInterrupt()],
+                "callbacks": [
+                    TrainBatchImageGrid(),
+                    TestDiagnostics(),
+                    TQDMProgressBar(refresh_rate=64),
+                    GracefulInterrupt(),
+                    *extra_callbacks,
+                ],
             },
         )
         self.claimed_log_dir: Path | None = None

@@ -1,0 +1,8 @@
+"""``mlplab tune``: hyper-parameter search with Optuna, each trial an ordinary ``mlplab fit`` run.
+
+- :mod:`mlplab.tune.command`: the command, the study (sampler, pruner, storage) and the objective;
+- :mod:`mlplab.tune.space`: the search-space file;
+- :mod:`mlplab.tune.storage`: the embedded SQLite default or a shared database URL;
+- :mod:`mlplab.tune.trial`: the trial process and its pruning callback;
+- :mod:`mlplab.tune.report`: checks before the first trial, tables and ``best.yaml`` after the last.
+"""

@@ -1,0 +1,232 @@
+"""``mlplab tune``: an Optuna study whose trials are ordinary ``mlplab fit`` runs.
+
+Optuna does the searching (its samplers and pruners), the bookkeeping (its storage: the embedded
+SQLite file, or a shared database that processes on several machines join) and the running of
+several trials at once (``study.optimize(n_jobs=K)``: K threads, each waiting on its own trial
+process). This module only turns a trial's parameters into ``--key=value`` overrides, starts the
+trial process (:mod:`mlplab.tune.trial`) and reads back its result.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import optuna
+from optuna.trial import TrialState
+
+from mlplab.errors import ConfigError
+from mlplab.tune import report
+from mlplab.tune.space import Parameter, as_override, grid_space, load_space
+from mlplab.tune.storage import embedded_url, open_storage, shown
+from mlplab.tune.trial import TRIAL_ENV, make_pruner
+
+# what counts towards --n_trials: every trial that ran or runs (a trial lost with its process is marked failed)
+COUNTED_STATES = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL, TrialState.RUNNING)
+
+
+@dataclass
+class TuneRun:
+    """What every trial of this process shares: the options, the study and where trials write."""
+
+    options: argparse.Namespace
+    fit_args: list[str]
+    space: list[Parameter]
+    folder: Path
+    storage_url: str
+    interrupted: threading.Event = field(default_factory=threading.Event)
+
+    def objective(self, trial: optuna.Trial) -> float:
+        """Run the trial's ``mlplab fit`` process; its best validation value of ``--metric``.
+
+        A trial process that fails (a refused combination, a diverged loss, a crash) returns NaN, which
+        Optuna records as a failed trial while the study goes on; the one-line reason is the trial's
+        ``reason`` attribute. (Raising instead would make Optuna log a traceback of this function.)
+        """
+        values = {p.key: p.suggest(trial) for p in self.space}
+        version = f"trial_{trial.number:04d}"
+        run_dir = self.folder / version
+        run_dir.mkdir(parents=True, exist_ok=True)
+        result_file = run_dir / "trial_result.json"
+        trial.set_user_attr("host", socket.gethostname())
+        trial.set_user_attr("process", os.getpid())
+        trial.set_user_attr("run", str(run_dir))
+        logger = {
+            "class_path": "lightning.pytorch.loggers.TensorBoardLogger",
+            "init_args": {"save_dir": str(self.folder.parent), "name": self.folder.name, "version": version},
+        }
+        command = [
+            sys.executable, "-m", "mlplab.tune.trial", "fit", *self.fit_args,
+            *(as_override(key, value) for key, value in values.items()),
+            f"--trainer.logger={json.dumps(logger)}", "--trainer.enable_progress_bar=false", "--test_after_fit=false",
+        ]  # fmt: skip
+        spec = {
+            "storage": self.storage_url, "study": trial.study.study_name, "trial_id": trial._trial_id,
+            "metric": self.options.metric, "direction": self.options.direction, "result_file": str(result_file),
+            "pruner": self.options.pruner, "pruner_startup_trials": self.options.pruner_startup_trials,
+        }  # fmt: skip
+        # (Trial._trial_id: the storage's key of this trial, what a second process needs to report to it; Optuna
+        # has no public accessor for it on a running trial)
+        env = {**os.environ, TRIAL_ENV: json.dumps(spec)}
+        if self.options.workers > 1:  # K trials at a time share the cores instead of each taking all of them
+            threads = str(max(1, len(os.sched_getaffinity(0)) // self.options.workers))
+            env.update(OMP_NUM_THREADS=threads, MKL_NUM_THREADS=threads)
+        returncode = self._run(command, env, run_dir / "fit.log")
+        if self.interrupted.is_set():
+            trial.study.stop()  # no new trials after Ctrl-C (Optuna allows stop() inside the objective)
+        outcome = json.loads(result_file.read_text()) if result_file.is_file() else {}
+        trial.set_user_attr("epochs", outcome.get("epochs"))
+        if returncode == 0 and outcome.get("pruned_at") is not None:
+            trial.set_user_attr("pruned_at", outcome["pruned_at"])
+            raise optuna.TrialPruned(f"pruned after epoch {outcome['pruned_at']}")
+        if returncode == 0 and outcome.get("objective") is not None:
+            return float(outcome["objective"])
+        reason = failure_reason(returncode, run_dir / "fit.log", self.options.metric)
+        trial.set_user_attr("reason", reason)
+        print(f"mlplab tune: trial {trial.number} failed: {reason} (log: {run_dir / 'fit.log'})", file=sys.stderr, flush=True)
+        return float("nan")
+
+    def _run(self, command: list[str], env: dict[str, str], log_path: Path) -> int:
+        """The trial process's exit code. Ctrl-C reaches it too (same process group): wait for it to stop cleanly."""
+        with log_path.open("w") as log, subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env) as process:
+            while True:
+                try:
+                    returncode = process.wait()
+                    break
+                except KeyboardInterrupt:
+                    self.interrupted.set()
+        if returncode in (130, -signal.SIGINT):
+            self.interrupted.set()
+        return returncode
+
+
+def failure_reason(returncode: int, log_path: Path, metric: str) -> str:
+    """One line: the trial's ``mlplab: error:`` message, the signal that killed it, or its last output line."""
+    if returncode < 0:
+        return f"the trial process was killed by {signal.Signals(-returncode).name}"
+    lines = [line.strip() for line in log_path.read_text(errors="replace").splitlines() if line.strip()]
+    errors = [line for line in lines if line.startswith("mlplab: error:")]
+    if errors:
+        return errors[-1].removeprefix("mlplab: error:").strip()
+    if returncode == 0:
+        return f"the run finished without logging {metric} at any validation"
+    return f"exit status {returncode}: {lines[-1] if lines else 'no output'}"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="mlplab tune",
+        description="Search hyper-parameters with Optuna. Each trial is an `mlplab fit` of the --config files and "
+        "--key=value overrides given here, with the trial's values from --space on top.",
+    )
+    parser.add_argument("--space", required=True, help="YAML file: dotted config key -> {type: float|int|categorical, ...}.")
+    parser.add_argument("--study", required=True, help="Study name; the same name (and --storage) joins an existing study.")
+    parser.add_argument("--storage", default=None, help="SQLAlchemy URL shared by several machines (default: LOG_DIR/STUDY/study.db).")
+    parser.add_argument("--n_trials", type=int, default=None, help="Trials the study holds when done (default for grid: the grid's size).")
+    parser.add_argument("--workers", type=int, default=1, help="Trials run at a time by this process, each its own process.")
+    parser.add_argument("--sampler", choices=("tpe", "random", "grid"), default="tpe")
+    parser.add_argument("--sampler_seed", type=int, default=None, help="Seed of the sampler (leave unset when several processes join).")
+    parser.add_argument("--pruner", choices=("median", "hyperband", "none"), default="median")
+    parser.add_argument("--pruner_startup_trials", type=int, default=5, help="median: trials that are never pruned, to learn from.")
+    parser.add_argument("--metric", default="val/acc", help="Validation metric; a trial's objective is its best value.")
+    parser.add_argument("--direction", choices=("maximize", "minimize"), default=None, help="Default: minimize for losses, else maximize.")
+    parser.add_argument("--timeout", type=float, default=None, help="Seconds after which this process starts no new trial.")
+    parser.add_argument("--heartbeat", type=int, default=10, help="Seconds between a running trial's heartbeats (3 missed: failed).")
+    parser.add_argument("--log_dir", default="logs/tune", help="Trials' TensorBoard runs go to LOG_DIR/STUDY/trial_NNNN.")
+    return parser
+
+
+def parse_options(argv: Sequence[str]) -> tuple[argparse.Namespace, list[str]]:
+    """The tune options and the arguments passed on to every trial's ``mlplab fit``; ConfigError for bad values."""
+    options, fit_args = build_parser().parse_known_args(list(argv))
+    options.direction = options.direction or ("minimize" if "loss" in options.metric or "mse" in options.metric else "maximize")
+    if not options.metric.startswith("val/"):
+        raise ConfigError(f"--metric {options.metric!r} is not a validation metric; the objective is a val/ key (a test metric never is).")
+    for name in ("n_trials", "workers", "heartbeat"):
+        value = getattr(options, name)
+        if value is not None and value < 1:
+            raise ConfigError(f"--{name}={value} is not allowed; it must be a positive integer.")
+    if any(arg in ("fit", "validate", "test", "predict") for arg in fit_args[:1]):
+        raise ConfigError(f"mlplab tune runs `fit` itself; leave out {fit_args[0]!r}.")
+    return options, fit_args
+
+
+def make_sampler(options: argparse.Namespace, space: list[Parameter]) -> optuna.samplers.BaseSampler:
+    if options.sampler == "grid":
+        return optuna.samplers.GridSampler(grid_space(space, options.space), seed=options.sampler_seed)
+    if options.sampler == "random":
+        return optuna.samplers.RandomSampler(seed=options.sampler_seed)
+    return optuna.samplers.TPESampler(seed=options.sampler_seed)
+
+
+def open_study(options: argparse.Namespace, url: str, space: list[Parameter]) -> optuna.Study:
+    """Create the study or join it; ConfigError when an existing study optimizes the other way."""
+    storage = open_storage(url, heartbeat_interval=options.heartbeat)
+    try:
+        existing = optuna.load_study(study_name=options.study, storage=storage)
+    except KeyError:
+        existing = None
+    if existing is not None and existing.direction.name.lower() != options.direction:
+        raise ConfigError(
+            f"study {options.study!r} in {shown(url)} {existing.direction.name.lower()}s, but --direction {options.direction} was "
+            "given; use the study's direction or another --study name."
+        )
+    return optuna.create_study(
+        study_name=options.study, storage=storage, direction=options.direction, load_if_exists=True,
+        sampler=make_sampler(options, space), pruner=make_pruner(options.pruner, options.pruner_startup_trials),
+    )  # fmt: skip
+
+
+def counted_trials(study: optuna.Study) -> int:
+    return len(study.get_trials(deepcopy=False, states=COUNTED_STATES))
+
+
+def tune_command(argv: Sequence[str]) -> None:
+    # the heartbeat that marks a dead process's trial failed is "experimental" in Optuna 5 (shipped since 2.9)
+    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+    options, fit_args = parse_options(argv)
+    space = load_space(options.space)
+    if options.n_trials is None:
+        if options.sampler != "grid":
+            raise ConfigError("--n_trials is required (the number of trials the study holds when done); only --sampler grid has a default.")
+        options.n_trials = report.grid_size(grid_space(space, options.space))
+    base_config = report.check_space_against_config(fit_args, space, options.space, options.metric)
+    folder = Path(options.log_dir) / options.study
+    created = not folder.exists()
+    url = options.storage or embedded_url(folder)
+    try:
+        study = open_study(options, url, space)
+    except ConfigError:
+        if created:  # a refused command leaves nothing behind
+            report.remove_if_empty(folder)
+        raise
+    tune = TuneRun(options, fit_args, space, folder, url)
+    logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)
+    print(
+        f"mlplab tune: study {options.study!r} in {shown(url)}: {counted_trials(study)}/{options.n_trials} trials so far; "
+        f"{options.workers} at a time here; trials in {folder}/trial_NNNN. Other processes join with the same --study and --storage.",
+        flush=True,
+    )
+    optuna.storages.fail_stale_trials(study)  # trials of a process that died (missed heartbeats) count as failed
+    try:
+        if counted_trials(study) < options.n_trials:
+            study.optimize(
+                tune.objective,
+                n_jobs=options.workers,
+                timeout=options.timeout,
+                callbacks=[optuna.study.MaxTrialsCallback(options.n_trials, states=COUNTED_STATES)],
+            )
+    except KeyboardInterrupt:
+        tune.interrupted.set()
+    report.finish(study, space, folder, fit_args, base_config, options, interrupted=tune.interrupted.is_set())

@@ -1,0 +1,233 @@
+"""`mlplab tune`: real Optuna studies of real `mlplab fit` trial processes on tiny data.
+
+The embedded SQLite store with two workers, two processes joining one study on a real PostgreSQL
+server (started from the Debian binaries as the `postgres` user, unix socket only), pruning, a
+failing trial, a tune process SIGKILLed mid-trial, and `mlplab fit --config best.yaml`.
+"""
+
+from __future__ import annotations
+
+import csv
+import os
+import shutil
+import signal
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+
+import optuna
+import pytest
+import torch
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+from mlplab.errors import ConfigError
+from mlplab.tune.space import load_space
+
+from .test_faults import mlplab, tiny_args, workdir  # noqa: F401 - the fixture is used by name
+
+LR_SPACE = "model.optimizer.init_args.lr: {type: float, low: 1.0e-2, high: 0.2, log: true}\n"
+WIDE_LR_SPACE = "model.optimizer.init_args.lr: {type: float, low: 1.0e-7, high: 1.0e+6, log: true}\n"
+POSTGRES_BIN = sorted(Path("/usr/lib/postgresql").glob("*/bin"))
+
+
+def tune_args(study: str, n_trials: int, *extra: str, space: str = "space.yaml") -> list[str]:
+    return ["tune", "--space", space, "--study", study, "--n_trials", str(n_trials), *extra, *tiny_args(3)]
+
+
+def write_space(folder: Path, text: str = LR_SPACE + "model.hidden_dims: {type: categorical, choices: [[16], [32, 16]]}\n") -> None:
+    (folder / "space.yaml").write_text(text)
+
+
+def rows(folder: Path) -> list[dict[str, str]]:
+    return list(csv.DictReader((folder / "trials.csv").open()))
+
+
+def check_one_run_per_trial(folder: Path, n_trials: int) -> list[dict[str, str]]:
+    table = rows(folder)
+    assert sorted(int(row["number"]) for row in table) == list(range(n_trials))
+    assert sorted(p.name for p in folder.glob("trial_*")) == [f"trial_{n:04d}" for n in range(n_trials)]
+    for row in table:  # run paths as the tune process saw them (relative to the folder it ran in)
+        row["run"] = str(folder.parents[2] / row["run"])
+        assert Path(row["run"]).name == f"trial_{int(row['number']):04d}" and list(Path(row["run"]).glob("events.out.tfevents.*"))
+    return table
+
+
+def best_val_acc(checkpoint: Path) -> float:
+    state = torch.load(checkpoint, map_location="cpu", weights_only=True)
+    scores = [v["best_model_score"] for k, v in state["callbacks"].items() if k.startswith("ModelCheckpoint") and v["monitor"] == "val/acc"]
+    return float(scores[0])
+
+
+# ---------------------------------------------------------------- the space file: refused before any trial
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("a.b: {type: float, low: 1, high: 1}\n", "a.b: low=1 must be below high=1"),
+        ("a.b: {type: categorical, choices: []}\n", "a.b: choices=[] must be a non-empty list"),
+        ("a.b: {type: normal, low: 0, high: 1}\n", "a.b: type 'normal' is not allowed"),
+        ("a.b: {type: int, low: 1, high: 9, stp: 2}\n", "a.b: stp is not a field of a int parameter"),
+        ("a.b: {type: float, low: 0, high: 1, log: true}\n", "log=true needs low > 0"),
+        ("a.b: [1, 2\n", "is not valid YAML at line"),
+    ],
+)
+def test_bad_space_file_is_one_error_naming_the_key(tmp_path, text, expected):
+    path = tmp_path / "space.yaml"
+    path.write_text(text)
+    with pytest.raises(ConfigError, match=expected.replace("[", r"\[").replace("]", r"\]")) as err:
+        load_space(path)
+    assert str(path) in str(err.value)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    ("space", "expected"),
+    [
+        ("model.hiden_dims: {type: categorical, choices: [[16]]}\n", "model.hiden_dims=[16] is refused by the config"),
+        ("model.dropout: {type: float, low: 0.1, high: 1.5}\n", "model.dropout=1.5 is refused by the config: model.dropout=1.5"),
+    ],
+)
+def test_space_the_config_refuses_is_refused_before_any_trial(workdir, space, expected):  # noqa: F811
+    write_space(workdir, space)
+    result = mlplab(workdir, *tune_args("bad", 2))
+    assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr[-2000:]
+    assert f"mlplab: error: space.yaml: {expected}" in result.stderr
+    assert not (workdir / "logs").exists()  # nothing was created: no study, no run folder
+
+
+@pytest.mark.slow
+def test_bad_storage_url_is_refused_before_any_trial(workdir):  # noqa: F811
+    write_space(workdir)
+    result = mlplab(workdir, *tune_args("bad", 2, "--storage", "postgresql://mlplab:secret@/nodb?host=/nonexistent"))
+    assert result.returncode == 2, result.stderr[-2000:]
+    assert "mlplab: error: --storage 'postgresql://mlplab:***@/nodb?host=/nonexistent' cannot be opened" in result.stderr
+    assert "secret" not in result.stderr and not (workdir / "logs").exists()
+
+
+# ---------------------------------------------------------------- the embedded store, several workers
+
+
+@pytest.mark.slow
+def test_embedded_study_with_two_workers_then_best_yaml_reproduces_the_best_trial(workdir):  # noqa: F811
+    write_space(workdir)
+    result = mlplab(workdir, *tune_args("local", 4, "--workers", "2"), timeout=400)
+    assert result.returncode == 0, result.stderr[-3000:]
+    folder = workdir / "logs" / "tune" / "local"
+    last = result.stdout.strip().splitlines()[-1]
+    assert last.startswith("mlplab: best val/acc=") and f"table={folder / 'trials.csv'}".replace(str(workdir) + "/", "") in last
+    table = check_one_run_per_trial(folder, 4)
+    assert all(row["state"] == "complete" and 0 < float(row["val/acc"]) <= 1 for row in table)
+    study = optuna.load_study(study_name="local", storage=f"sqlite:///{folder / 'study.db'}")
+    spans = sorted((t.datetime_start, t.datetime_complete) for t in study.trials)
+    assert any(later[0] < earlier[1] for earlier, later in zip(spans, spans[1:], strict=False))  # two ran at once
+    # TensorBoard's HParams tab compares the trials: each run's hp_metric is its objective
+    for row in table:
+        events = EventAccumulator(row["run"]).Reload()
+        assert events.Scalars("hp_metric")[-1].value == pytest.approx(float(row["val/acc"]), abs=1e-4)
+    # best.yaml trains the best trial again: same best validation accuracy (deterministic CPU run)
+    best = study.best_trial
+    fit = mlplab(workdir, "fit", "--config", str(folder / "best.yaml"), "--trainer.logger.init_args.name=again", timeout=300)
+    assert fit.returncode == 0, fit.stderr[-3000:]
+    assert best_val_acc(workdir / "logs" / "again" / "version_0" / "checkpoints" / "last.ckpt") == pytest.approx(best.value, abs=1e-6)
+
+
+# ---------------------------------------------------------------- pruning, failing trials, a killed process
+
+
+@pytest.mark.slow
+def test_pruner_prunes_a_bad_trial_and_a_diverging_trial_fails_while_the_study_completes(workdir):  # noqa: F811
+    write_space(workdir, WIDE_LR_SPACE)
+    folder = workdir / "logs" / "tune" / "pruning"
+    folder.mkdir(parents=True)
+    study = optuna.create_study(study_name="pruning", storage=f"sqlite:///{folder / 'study.db'}", direction="maximize")
+    for lr in (0.05, 0.1, 1e-7, 1e6):  # two good trials to compare with, one that learns nothing, one that diverges
+        study.enqueue_trial({"model.optimizer.init_args.lr": lr})
+    result = mlplab(workdir, *tune_args("pruning", 4, "--pruner_startup_trials", "2"), timeout=400)
+    assert result.returncode == 0, result.stderr[-3000:]
+    table = check_one_run_per_trial(folder, 4)
+    assert [row["state"] for row in table] == ["complete", "complete", "pruned", "fail"]
+    assert table[2]["pruned_at_epoch"] == "0" and table[2]["epochs"] == "1"
+    assert "diverged" in table[3]["reason"] or "not finite" in table[3]["reason"], table[3]
+    assert f"mlplab tune: trial 3 failed: {table[3]['reason']}" in result.stderr
+    assert "trials=4" in result.stdout.splitlines()[-1]
+    pruned = EventAccumulator(table[2]["run"]).Reload()
+    assert [event.value for event in pruned.Scalars("tune/pruned")] == [1.0]  # marked in TensorBoard too
+    assert EventAccumulator(table[0]["run"]).Reload().Scalars("tune/pruned")[-1].value == 0.0
+
+
+@pytest.mark.slow
+def test_a_tune_process_killed_mid_trial_leaves_a_study_that_loads_and_continues(workdir):  # noqa: F811
+    write_space(workdir)
+    args = tune_args("killed", 2, "--heartbeat", "1")
+    process = mlplab(workdir, *args, wait=False)
+    folder = workdir / "logs" / "tune" / "killed"
+    deadline = time.monotonic() + 120
+    while not list(folder.glob("trial_0000/events.out.tfevents.*")) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    os.kill(process.pid, signal.SIGKILL)
+    process.wait()
+    time.sleep(1)
+    assert subprocess.run(["pgrep", "-f", "mlplab.tune.trial"], capture_output=True).stdout == b""  # the trial died with it
+    study = optuna.load_study(study_name="killed", storage=f"sqlite:///{folder / 'study.db'}")
+    assert [t.state for t in study.trials] == [optuna.trial.TrialState.RUNNING]
+    time.sleep(3.5)  # three missed heartbeats
+    result = mlplab(workdir, *args, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert [row["state"] for row in rows(folder)] == ["fail", "complete"]
+
+
+# ---------------------------------------------------------------- several machines: a shared PostgreSQL database
+
+
+@pytest.fixture
+def postgres_url():
+    """A PostgreSQL server of this machine's Debian binaries, run as `postgres` on a unix socket in a temp folder.
+
+    (The folder is made directly in /tmp: pytest's own temp folders are private to root, which `postgres` cannot enter.)
+    """
+    if not POSTGRES_BIN or shutil.which("runuser") is None:
+        if os.environ.get("CI") == "true":
+            pytest.fail("PostgreSQL server binaries (/usr/lib/postgresql/*/bin) are missing: CI machines have them")
+        pytest.skip("no PostgreSQL server binaries here")
+    folder = Path(tempfile.mkdtemp(prefix="mlplab-postgres-"))
+    data, sockets = folder / "data", folder / "sockets"
+    sockets.mkdir()
+    shutil.chown(folder, "postgres")
+    shutil.chown(sockets, "postgres")
+
+    def as_postgres(*command: str, **kwargs) -> subprocess.CompletedProcess:
+        return subprocess.run(["runuser", "-u", "postgres", "--", *command], check=True, capture_output=True, **kwargs)
+
+    bin_dir = POSTGRES_BIN[-1]
+    as_postgres(str(bin_dir / "initdb"), "-D", str(data), "--auth=trust", "-U", "postgres")
+    server = subprocess.Popen(
+        ["runuser", "-u", "postgres", "--", str(bin_dir / "postgres"), "-D", str(data), "-k", str(sockets), "-c", "listen_addresses="],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        for _ in range(100):
+            if subprocess.run([str(bin_dir / "pg_isready"), "-h", str(sockets)], capture_output=True).returncode == 0:
+                break
+            time.sleep(0.1)
+        yield f"postgresql://postgres@/postgres?host={sockets}"
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+@pytest.mark.slow
+def test_two_processes_join_one_study_in_postgresql(workdir, postgres_url):  # noqa: F811
+    write_space(workdir)
+    args = tune_args("shared", 4, "--storage", postgres_url)
+    first, second = (mlplab(workdir, *args, wait=False) for _ in range(2))
+    outputs = [process.communicate(timeout=400) for process in (first, second)]
+    assert first.returncode == 0 and second.returncode == 0, [err[-3000:] for _, err in outputs]
+    study = optuna.load_study(study_name="shared", storage=postgres_url)
+    assert sorted(t.number for t in study.trials) == [0, 1, 2, 3]
+    assert all(t.state == optuna.trial.TrialState.COMPLETE for t in study.trials)
+    assert {t.user_attrs["process"] for t in study.trials} == {first.pid, second.pid}  # both ran trials
+    check_one_run_per_trial(workdir / "logs" / "tune" / "shared", 4)

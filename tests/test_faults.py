@@ -317,12 +317,31 @@ def test_ctrl_c_saves_a_mid_epoch_checkpoint_that_resumes_exactly(workdir):
     )
     output = interrupted.stdout + interrupted.stderr
     # SIGINT arrives as the batch of step 11 starts (global_step 10): that step completes, then the run stops
-    assert interrupted.returncode == 1 and "mlplab: interrupted in epoch 1 after optimizer step 11" in output, output[-3000:]
+    assert interrupted.returncode == 1 and "mlplab: SIGINT: interrupted in epoch 1 after optimizer step 11" in output, output[-3000:]
     saved = torch.load(workdir / "logs/tiny/version_1/checkpoints/last.ckpt", weights_only=True)
     assert saved["global_step"] == 11 and saved["TinyDataModule"]["train_position"] == {
         "epoch": 1,
         "batches_served": 4,
     }  # 7 batches per epoch
+    resumed = mlplab(workdir, "fit", *tiny_args(), "--ckpt_path=last")
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert_same_training(final_state(workdir, 0), final_state(workdir, 1))
+
+
+def test_sigterm_mid_epoch_saves_a_checkpoint_exits_143_and_resumes_exactly(workdir):
+    """What SLURM or Kubernetes send before killing a preempted job: the job must not look finished."""
+    reference = mlplab(workdir, "fit", *tiny_args())
+    assert reference.returncode == 0, reference.stderr[-3000:]
+    terminated = mlplab(
+        workdir, "fit", *tiny_args(), "--trainer.callbacks+=faulthelpers.SignalAtStep", "--trainer.callbacks.step=10",
+        "--trainer.callbacks.signal_name=SIGTERM",
+    )  # fmt: skip
+    output = terminated.stdout + terminated.stderr
+    assert terminated.returncode == 143, output[-3000:]
+    assert "mlplab: SIGTERM: interrupted in epoch 1 after optimizer step 11; saved logs/tiny/version_1/checkpoints/last.ckpt" in output
+    saved = torch.load(workdir / "logs/tiny/version_1/checkpoints/last.ckpt", weights_only=True)
+    assert saved["global_step"] == 11 and saved["TinyDataModule"]["train_position"] == {"epoch": 1, "batches_served": 4}
+    assert not list((workdir / "logs/tiny/version_1/checkpoints").glob("*.tmp*"))
     resumed = mlplab(workdir, "fit", *tiny_args(), "--ckpt_path=last")
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert_same_training(final_state(workdir, 0), final_state(workdir, 1))

@@ -25,6 +25,7 @@ import torch
 from lightning.pytorch import Callback, LightningModule, Trainer
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 from lightning.pytorch.utilities import rank_zero_info
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 from torchmetrics import Metric
 
 from mlplab.data.idx import atomic_write
@@ -83,53 +84,75 @@ class ResumableProgress(LightningModule):
 
 
 class GracefulInterrupt(Callback):
-    """On Ctrl-C (SIGINT) during ``fit``: finish the current training step, save ``last.ckpt``, stop.
+    """On Ctrl-C (SIGINT) or SIGTERM during ``fit``: finish the current optimizer step, save ``last.ckpt``, stop.
 
-    A second Ctrl-C interrupts at once (Lightning's default). Single-process runs only: under DDP
-    the ranks would have to agree on the step first, so Lightning's default handling applies and
-    the last epoch-end checkpoint is the one to resume from.
+    SIGTERM is what SLURM, Kubernetes and most schedulers send before they kill a preempted job: the
+    run then exits with status 143 (128 + SIGTERM) so the scheduler sees a job that did not finish,
+    and ``--ckpt_path last`` continues it exactly. Ctrl-C exits with Lightning's status 1. A second
+    signal of the same kind goes to the previous handler (Lightning's: at once for Ctrl-C).
+
+    Several processes (DDP): the ranks must agree on the step, so Lightning's own SIGTERM handling
+    stops them together (its launcher forwards the signal, the ranks raise ``SIGTERMException`` after
+    the same batch); this callback then saves ``last.ckpt`` from every rank in ``on_exception``.
     """
 
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
     def __init__(self) -> None:
-        self.requested = False
-        self.previous_handler: Any = None
+        self.requested: int | None = None
+        self.saved = False
+        self.previous_handlers: dict[int, Any] = {}
 
     def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        self.requested, self.saved = None, False
         if trainer.world_size == 1 and threading.current_thread() is threading.main_thread():
-            self.requested = False
-            self.previous_handler = signal.signal(signal.SIGINT, self._request_stop)
+            # (installed after Lightning's own SIGTERM handler, which would stop mid-validation without a checkpoint)
+            self.previous_handlers = {signum: signal.signal(signum, self._request_stop) for signum in self.SIGNALS}
 
     def _request_stop(self, signum: int, frame: Any) -> None:
-        self.requested = True
-        signal.signal(signal.SIGINT, self.previous_handler)
+        self.requested = signum
+        signal.signal(signum, self.previous_handlers.pop(signum))
 
     def on_train_batch_end(self, trainer: Trainer, pl_module: LightningModule, outputs: Any, batch: Any, batch_idx: int) -> None:
-        if not self.requested:
-            return
+        if self.requested is not None:
+            self._save(trainer, signal.Signals(self.requested).name)
+            self._stop()
+
+    def on_exception(self, trainer: Trainer, pl_module: LightningModule, exception: BaseException) -> None:
+        if isinstance(exception, SIGTERMException) and not self.saved and trainer.state.fn == "fit":
+            self._save(trainer, "SIGTERM")  # DDP: Lightning stopped every rank after the same batch
+
+    def _save(self, trainer: Trainer, signal_name: str) -> None:
         folder = (
             Path(trainer.checkpoint_callback.dirpath) if trainer.checkpoint_callback else Path(trainer.default_root_dir) / "checkpoints"
         )
         path = folder / "last.ckpt"
         trainer.save_checkpoint(path)
+        self.saved = True
         rank_zero_info(
-            f"mlplab: interrupted in epoch {trainer.current_epoch} after optimizer step {trainer.global_step}; "
+            f"mlplab: {signal_name}: interrupted in epoch {trainer.current_epoch} after optimizer step {trainer.global_step}; "
             f"saved {path}. Resume with --ckpt_path last (same config) or --ckpt_path {path}."
         )
+
+    def _stop(self) -> None:
+        if self.requested == signal.SIGTERM:
+            raise SIGTERMException  # the command exits with status 143 (mlplab.cli.main)
         raise KeyboardInterrupt
 
     def on_train_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         # interrupted during the last validation: checkpoints are complete; skip what comes after fit
-        self._restore_handler()
-        if self.requested:
-            raise KeyboardInterrupt
+        self._restore_handlers()
+        if self.requested is not None:
+            self._stop()
 
     def teardown(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
-        self._restore_handler()
+        self._restore_handlers()
 
-    def _restore_handler(self) -> None:
-        if self.previous_handler is not None and threading.current_thread() is threading.main_thread():
-            signal.signal(signal.SIGINT, self.previous_handler)
-            self.previous_handler = None
+    def _restore_handlers(self) -> None:
+        if threading.current_thread() is threading.main_thread():
+            for signum, handler in self.previous_handlers.items():
+                signal.signal(signum, handler)
+        self.previous_handlers = {}
 
 
 def check_checkpoint_file(path: str | os.PathLike) -> None:

@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import sys
 import traceback
 from collections.abc import Sequence
 
 from lightning.pytorch import Callback
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from mlplab.cli.commands import data_command, export_command
 from mlplab.cli.lightning_cli import MLPLabCLI
@@ -38,6 +40,9 @@ def main(args: Sequence[str] | None = None, extra_callbacks: Sequence[Callback] 
             tune_command(argv[1:])
         else:
             MLPLabCLI(args=None if args is None else argv, extra_callbacks=extra_callbacks)
+    except SIGTERMException:
+        # Lightning's SIGTERMException is a SystemExit with status 0; a scheduler must see a job that did not finish
+        sys.exit(128 + signal.SIGTERM)
     except (MLPLabError, argparse.ArgumentError) as err:
         if os.environ.get("MLPLAB_DEBUG"):
             traceback.print_exc()

@@ -48,7 +48,9 @@ def run(kind: str, workers: int, trials: int) -> None:
     with tempfile.TemporaryDirectory() as folder:
         optuna.create_study(study_name="bench", storage=open_storage(kind, Path(folder)))
         queue = multiprocessing.get_context("spawn").Queue()
-        processes = [multiprocessing.get_context("spawn").Process(target=worker, args=(kind, folder, trials, queue)) for _ in range(workers)]
+        processes = [
+            multiprocessing.get_context("spawn").Process(target=worker, args=(kind, folder, trials, queue)) for _ in range(workers)
+        ]
         started = time.perf_counter()
         for p in processes:
             p.start()
@@ -64,7 +66,9 @@ def run(kind: str, workers: int, trials: int) -> None:
                 messages.add(item)
         study = optuna.load_study(study_name="bench", storage=open_storage(kind, Path(folder)))
         done = sum(t.state == optuna.trial.TrialState.COMPLETE for t in study.trials)
-        print(f"{kind:8s} workers={workers} trials={workers * trials} complete={done} errors={failures} wall={seconds:.1f} s {sorted(messages)[:2]}")
+        print(
+            f"{kind:8s} workers={workers} trials={workers * trials} complete={done} errors={failures} wall={seconds:.1f} s {sorted(messages)[:2]}"
+        )
 
 
 if __name__ == "__main__":

@@ -11,7 +11,8 @@ import yaml
 from mlplab.cli import main
 from tests.conftest import REAL_DATA_DIR, ROOT
 
-CONFIGS = sorted(p.relative_to(ROOT).as_posix() for p in (ROOT / "configs").rglob("*.yaml"))
+# every config and fragment (configs/tune/ holds search spaces for `mlplab tune`, not configs)
+CONFIGS = sorted(p.relative_to(ROOT).as_posix() for p in (ROOT / "configs").rglob("*.yaml") if p.parent.name != "tune")
 MLPLAB = str(Path(sys.executable).parent / "mlplab")
 
 

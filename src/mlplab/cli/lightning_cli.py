@@ -17,6 +17,7 @@ import argparse
 import importlib
 import os
 import shutil
+import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -32,8 +33,10 @@ from lightning.pytorch.plugins.io import CheckpointIO
 from lightning.pytorch.utilities import rank_zero_info
 from lightning.pytorch.utilities.exceptions import MisconfigurationException
 
+import mlplab.data
 from mlplab.callbacks import CSVPredictionWriter, LayerGradientNorms, TestDiagnostics, TrainBatchImageGrid
 from mlplab.checkpointing import AtomicCheckpointIO, GracefulInterrupt, check_checkpoint_file
+from mlplab.cli.config_sources import check_config_files, explain
 from mlplab.cli.messages import describe_instantiation_error
 from mlplab.cli.run_folders import claim_version, logger_root, newest_last_checkpoint, training_run_of
 from mlplab.data.datamodules import InMemoryDataModule
@@ -46,6 +49,10 @@ OTHER_COMMANDS = (
     "`mlplab export --ckpt_path CKPT --format {state_dict,safetensors,torchscript,onnx}` exports a trained model; "
     "`mlplab tune --config ... --space SPACE.yaml --study NAME --n_trials N` searches hyper-parameters with Optuna."
 )
+
+
+# the fit config's own top-level keys (the callback groups below are the others)
+TOP_LEVEL_KEYS = ("seed_everything", "trainer", "model", "data", "test_after_fit", "optimizer", "lr_scheduler", "ckpt_path", "weights_only")
 
 
 def _class_default(cls: type, **init_args: Any) -> dict[str, Any]:
@@ -140,7 +147,19 @@ class MLPLabCLI(LightningCLI):
 
         (This runs before LightningCLI reads the checkpoint's hparams.)
         """
-        super().parse_arguments(parser, args)
+        argv = list(sys.argv[1:] if args is None else args) if not isinstance(args, (dict, Namespace)) else []
+        check_config_files(argv)
+        try:
+            super().parse_arguments(parser, args)
+        except argparse.ArgumentError as err:
+            if os.environ.get("MLPLAB_DEBUG"):
+                raise
+            top_level = [*TOP_LEVEL_KEYS, *OPTIONAL_CALLBACKS, *OFF_BY_DEFAULT_CALLBACKS]
+            data_modules = sorted(
+                name for name, value in vars(mlplab.data).items() if isinstance(value, type) and issubclass(value, InMemoryDataModule)
+                and value is not InMemoryDataModule and name != "IDXDataModule"
+            )  # fmt: skip
+            raise explain(err, argv, top_level, data_modules) from err
         subcommand = self.config.get("subcommand")
         config = self.config.get(subcommand) if subcommand else None
         self.resumed_version = None

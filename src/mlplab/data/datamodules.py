@@ -15,7 +15,6 @@ from pathlib import Path
 from typing import Any, ClassVar, Literal
 
 import torch
-import torchvision
 from lightning.pytorch import LightningDataModule
 from lightning.pytorch.plugins.precision import Precision
 from torch import Tensor
@@ -23,6 +22,7 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from mlplab.data.augment import BatchAugment
 from mlplab.data.idx import read_idx
+from mlplab.data.images import read_predict_images
 from mlplab.data.loader import BatchGroup, TensorBatchLoader
 from mlplab.data.preprocessing import DEFAULT_WHITEN_EPS, PREPROCESSING, REDUCING, TAKES_COMPONENTS, Preprocessor, fit_preprocessor
 from mlplab.data.sources import FASHION_MNIST, MNIST, DatasetSource, ensure_dataset, verified_path
@@ -369,17 +369,7 @@ class IDXDataModule(InMemoryDataModule):
         """The ``test_split``, or the PNG files of ``predict_dir`` (their names in :attr:`predict_names`)."""
         if self.hparams.get("predict_dir") is None:
             return super().predict_dataloader()
-        paths = sorted(Path(self.hparams.predict_dir).glob("*.png"))
-        if not paths:
-            raise DataError(f"data.predict_dir={self.hparams.predict_dir!r} holds no .png files.")
-        images = []
-        for path in paths:
-            image = torchvision.io.decode_image(str(path), mode=torchvision.io.ImageReadMode.GRAY)
-            if tuple(image.shape) != self.input_shape:
-                raise DataError(f"{path} is {tuple(image.shape[1:])} pixels; this data set's images are {self.input_shape[1:]}.")
-            images.append(image)
-        self.predict_names = [path.name for path in paths]
-        x = torch.stack(images).float().div_(255)
+        self.predict_names, x = read_predict_images(self.hparams.predict_dir, self.input_shape)
         return TensorBatchLoader((x.to(self._device()),), self.hparams.eval_batch_size or len(x))
 
 

@@ -347,11 +347,25 @@ def test_sigterm_mid_epoch_saves_a_checkpoint_exits_143_and_resumes_exactly(work
     assert_same_training(final_state(workdir, 0), final_state(workdir, 1))
 
 
+def test_a_damaged_last_checkpoint_is_named_with_the_checkpoints_that_do_load(workdir):
+    first = mlplab(workdir, "fit", *tiny_args(2), "--test_after_fit=false")
+    assert first.returncode == 0, first.stderr[-3000:]
+    folder = workdir / "logs/tiny/version_0/checkpoints"
+    best = [p.name for p in folder.glob("epoch*.ckpt")]
+    last = folder / "last.ckpt"
+    last.write_bytes(last.read_bytes()[:1000])  # truncated, as by a full disk without atomic writes
+    resumed = mlplab(workdir, "fit", *tiny_args(2), "--ckpt_path=last")
+    line = error_paragraph(resumed)
+    assert "ckpt_path='logs/tiny/version_0/checkpoints/last.ckpt' is not a readable checkpoint (truncated" in line
+    assert f"Checkpoints in logs/tiny/version_0/checkpoints that do load: {', '.join(sorted(best))}." in line
+    assert sorted(p.name for p in (workdir / "logs/tiny").iterdir()) == ["version_0"]  # never a silent fresh start
+
+
 def test_unreadable_checkpoint_file_says_what_is_wrong_with_it(tmp_path):
     empty, text = tmp_path / "empty.ckpt", tmp_path / "notes.ckpt"
     empty.touch()
     text.write_text("not a checkpoint")
-    with pytest.raises(ConfigError, match=r"empty.ckpt' is not a readable checkpoint .*: EOFError after 0 bytes$"):
+    with pytest.raises(ConfigError, match=r"empty.ckpt' is not a readable checkpoint .*: EOFError after 0 bytes\. No other checkpoint in .* loads\.$"):
         check_checkpoint_file(empty)
     with pytest.raises(ConfigError, match=r"notes.ckpt' was refused: .*\(Unsupported operand \d+\)\. Either it is not a PyTorch file"):
         check_checkpoint_file(text)

@@ -159,7 +159,8 @@ def check_checkpoint_file(path: str | os.PathLike) -> None:
     """ConfigError unless ``path`` is an existing checkpoint that loads with ``torch.load(weights_only=True)``.
 
     Unpickling runs code named in the file; weights-only loading accepts only tensors and plain
-    data, which is all mlplab's checkpoints hold. Remote URLs are left to Lightning.
+    data, which is all mlplab's checkpoints hold. Remote URLs are left to Lightning. A file that
+    does not load is named with the other checkpoints of its folder that do, never skipped silently.
     """
     if "://" in str(path):
         return
@@ -167,6 +168,19 @@ def check_checkpoint_file(path: str | os.PathLike) -> None:
         raise ConfigError(
             f"ckpt_path={str(path)!r} does not exist. Give the path of a .ckpt file, or 'last' to resume this config's newest run."
         )
+    problem = checkpoint_problem(Path(path))
+    if problem is not None:
+        loadable = [p.name for p in sorted(Path(path).parent.glob("*.ckpt")) if p != Path(path) and checkpoint_problem(p) is None]
+        others = (
+            f" Checkpoints in {Path(path).parent} that do load: {', '.join(loadable)}."
+            if loadable
+            else f" No other checkpoint in {Path(path).parent} loads."
+        )
+        raise ConfigError(problem.rstrip(".") + "." + others)
+
+
+def checkpoint_problem(path: Path) -> str | None:
+    """Why ``path`` is not a checkpoint that loads safely, or None."""
     try:
         torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:
@@ -175,12 +189,13 @@ def check_checkpoint_file(path: str | os.PathLike) -> None:
         reason = next(
             (line for line in lines if line.startswith(("Trying to load", "Unsupported"))), lines[0] if lines else type(err).__name__
         )
-        raise ConfigError(
+        return (
             f"ckpt_path={str(path)!r} was refused: torch.load(weights_only=True) could not read it ({reason}). Either it is not a "
             "PyTorch file, or it holds pickled Python objects beyond tensors and plain data, which could run code when loaded. "
             "mlplab's checkpoints never need that; only load files from a source you trust, and re-save them as a plain state_dict."
-        ) from err
+        )
     except (RuntimeError, EOFError, OSError) as err:
         # (torch.load's EOFError on an empty file has no message of its own)
-        detail = str(err).strip() or f"{type(err).__name__} after {Path(path).stat().st_size} bytes"
-        raise ConfigError(f"ckpt_path={str(path)!r} is not a readable checkpoint (truncated, or not a PyTorch file): {detail}") from err
+        detail = str(err).strip() or f"{type(err).__name__} after {path.stat().st_size} bytes"
+        return f"ckpt_path={str(path)!r} is not a readable checkpoint (truncated, or not a PyTorch file): {detail}"
+    return None

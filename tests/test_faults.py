@@ -365,7 +365,9 @@ def test_unreadable_checkpoint_file_says_what_is_wrong_with_it(tmp_path):
     empty, text = tmp_path / "empty.ckpt", tmp_path / "notes.ckpt"
     empty.touch()
     text.write_text("not a checkpoint")
-    with pytest.raises(ConfigError, match=r"empty.ckpt' is not a readable checkpoint .*: EOFError after 0 bytes\. No other checkpoint in .* loads\.$"):
+    with pytest.raises(
+        ConfigError, match=r"empty.ckpt' is not a readable checkpoint .*: EOFError after 0 bytes\. No other checkpoint in .* loads\.$"
+    ):
         check_checkpoint_file(empty)
     with pytest.raises(ConfigError, match=r"notes.ckpt' was refused: .*\(Unsupported operand \d+\)\. Either it is not a PyTorch file"):
         check_checkpoint_file(text)

@@ -11,8 +11,11 @@ uint32 sizes, then the data in row-major order.
 from __future__ import annotations
 
 import gzip
+import io
+import math
 import os
 import tempfile
+import zlib
 from collections.abc import Callable
 from pathlib import Path
 
@@ -31,6 +34,7 @@ _TYPE_CODES: dict[int, np.dtype] = {
 }
 _CODE_OF_DTYPE = {dtype.newbyteorder("="): code for code, dtype in _TYPE_CODES.items()}
 _GZIP_MAGIC = b"\x1f\x8b"
+MAX_DECOMPRESSED_BYTES = 2**31  # 2 GiB: 40 times MNIST's largest file; refuses a gzip bomb before it fills memory
 
 
 def open_maybe_gzip(path: Path) -> bytes:
@@ -43,9 +47,12 @@ def open_maybe_gzip(path: Path) -> bytes:
                 f"{path} is named .gz but is not a gzip file (it starts with {data[:2]!r}, gzip files start with {_GZIP_MAGIC!r})."
             )
         try:
-            data = gzip.decompress(data)
-        except (OSError, EOFError) as err:
+            with gzip.GzipFile(fileobj=io.BytesIO(data)) as stream:
+                data = stream.read(MAX_DECOMPRESSED_BYTES + 1)
+        except (OSError, EOFError, zlib.error) as err:
             raise DataError(f"{path} is a damaged or truncated gzip file ({err}); delete it and fetch it again.") from err
+        if len(data) > MAX_DECOMPRESSED_BYTES:
+            raise DataError(f"{path} decompresses to more than {MAX_DECOMPRESSED_BYTES} bytes: not an MNIST-like IDX file (a gzip bomb?).")
     return data
 
 
@@ -70,7 +77,7 @@ def read_idx(path: str | os.PathLike) -> torch.Tensor:
     if len(data) < header_end:
         raise DataError(f"{path} is truncated: its header announces {ndim} dimensions but the file ends after {len(data)} bytes.")
     shape = tuple(int(s) for s in np.frombuffer(data, dtype=">u4", count=ndim, offset=4))
-    expected = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+    expected = math.prod(shape) * dtype.itemsize  # (Python ints: a forged header cannot overflow it)
     actual = len(data) - header_end
     if actual != expected:
         raise DataError(

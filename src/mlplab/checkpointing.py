@@ -14,6 +14,7 @@ lets Lightning shut down. ``--ckpt_path last`` continues exactly where it stoppe
 
 from __future__ import annotations
 
+import io
 import os
 import pickle
 import signal
@@ -28,7 +29,7 @@ from lightning.pytorch.utilities import rank_zero_info
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from torchmetrics import Metric
 
-from mlplab.data.idx import atomic_write
+from mlplab.data.idx import atomic_write_bytes
 from mlplab.errors import ConfigError
 
 
@@ -39,8 +40,11 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         if "://" in str(path):  # remote file systems: Lightning's own writer
             super().save_checkpoint(checkpoint, path, storage_options)
             return
-        # serialised straight into the temporary file: no in-memory copy of the whole checkpoint
-        atomic_write(Path(path), lambda tmp: torch.save(checkpoint, tmp))
+        # serialised in memory first (as Lightning's own writer does): written by Python, a failed write raises the
+        # OS's reason (torch.save into a file reports a full disk as "unexpected pos" in its zip writer)
+        buffer = io.BytesIO()
+        torch.save(checkpoint, buffer)
+        atomic_write_bytes(Path(path), buffer.getbuffer())
 
 
 class ResumableProgress(LightningModule):

@@ -16,6 +16,7 @@ Files are written to a temporary name and renamed: a failed export leaves no par
 
 from __future__ import annotations
 
+import io
 import json
 from pathlib import Path
 from typing import Any
@@ -24,7 +25,7 @@ import torch
 from torch import Tensor, nn
 
 from mlplab.checkpointing import check_checkpoint_file
-from mlplab.data.idx import atomic_write
+from mlplab.data.idx import atomic_write, atomic_write_bytes
 from mlplab.errors import ConfigError
 from mlplab.lit_mlp import LitMLP
 
@@ -79,7 +80,9 @@ def export_checkpoint(ckpt_path: str | Path, fmt: str, output: str | Path | None
     hparams = architecture(dict(model.hparams))
     example = torch.rand(2, raw_input_size(model))
     if fmt == "state_dict":
-        atomic_write(output, lambda path: torch.save({"state_dict": state, "hyper_parameters": hparams}, path))
+        buffer = io.BytesIO()  # written by Python: a failed write names the OS's reason (see AtomicCheckpointIO)
+        torch.save({"state_dict": state, "hyper_parameters": hparams}, buffer)
+        atomic_write_bytes(output, buffer.getbuffer())
     elif fmt == "safetensors":
         from safetensors.torch import save_file
 

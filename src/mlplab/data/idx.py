@@ -10,6 +10,7 @@ uint32 sizes, then the data in row-major order.
 
 from __future__ import annotations
 
+import errno
 import gzip
 import io
 import math
@@ -122,6 +123,13 @@ def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
         os.umask(umask)
         os.chmod(tmp, 0o666 & ~umask)  # mkstemp creates 0600; give the file the permissions open() would
         os.replace(tmp, path)
+    except OSError as err:
+        Path(tmp).unlink(missing_ok=True)
+        if isinstance(err, DataError) or err.errno is None:
+            raise
+        # disk full, quota, file-size limit, read-only folder: name the file and the OS's reason
+        previous = f"the previous {path.name} is unchanged" if path.exists() else f"no {path.name} was written"
+        raise DataError(f"cannot write {path}: {err.strerror} ({errno.errorcode.get(err.errno, err.errno)}); {previous}.") from err
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise

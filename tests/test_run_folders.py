@@ -3,7 +3,9 @@
 import os
 import threading
 
-from mlplab.cli.run_folders import claim_version, newest_last_checkpoint, training_run_of
+import pytest
+
+from mlplab.cli.run_folders import claim_version, is_first_process, newest_last_checkpoint, training_run_of
 
 
 def test_claims_take_the_next_free_version_and_never_the_same_one(tmp_path):
@@ -41,3 +43,18 @@ def test_the_run_of_a_checkpoint_is_the_folder_with_its_hparams(tmp_path):
     assert training_run_of(run / "checkpoints" / "best.ckpt") == run.resolve()
     (tmp_path / "loose.ckpt").write_bytes(b"x")
     assert training_run_of(tmp_path / "loose.ckpt") is None
+
+
+@pytest.mark.parametrize(
+    ("environ", "first"),
+    [
+        ({}, True),
+        ({"LOCAL_RANK": "0", "NODE_RANK": "0"}, True),
+        ({"LOCAL_RANK": "1"}, False),  # a rank Lightning's launcher started
+        ({"LOCAL_RANK": "0", "NODE_RANK": "1"}, False),  # the second node of a multi-node run
+        ({"RANK": "3", "GROUP_RANK": "1"}, False),  # torchrun
+        ({"SLURM_PROCID": "2"}, False),  # srun's third task
+    ],
+)
+def test_only_the_first_process_of_a_run_claims_its_folder(environ, first):
+    assert is_first_process(environ) is first

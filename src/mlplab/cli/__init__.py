@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import signal
 import sys
 import traceback
@@ -26,6 +27,10 @@ from mlplab.errors import MLPLabError
 __all__ = ["MLPLabCLI", "data_command", "describe_argument_error", "describe_instantiation_error", "export_command", "main"]
 
 
+# how gloo and NCCL report a peer process that is gone
+LOST_PEER = re.compile(r"Connection reset by peer|Connection closed by peer|Broken pipe|NCCL communicator was aborted")
+
+
 def main(args: Sequence[str] | None = None, extra_callbacks: Sequence[Callback] = ()) -> None:
     """Entry point of the ``mlplab`` console script (``extra_callbacks``: see :class:`MLPLabCLI`)."""
     argv = list(sys.argv[1:] if args is None else args)
@@ -40,6 +45,17 @@ def main(args: Sequence[str] | None = None, extra_callbacks: Sequence[Callback] 
             tune_command(argv[1:])
         else:
             MLPLabCLI(args=None if args is None else argv, extra_callbacks=extra_callbacks)
+    except RuntimeError as err:
+        if not LOST_PEER.search(str(err)):
+            raise
+        # torch.distributed's report when another process of the run died: a traceback from inside backward()
+        reason = LOST_PEER.search(str(err))[0]
+        print(
+            f"mlplab: error: another process of this distributed run stopped ({reason}); this one cannot go on without it. "
+            "Start every node again with --ckpt_path last: all of them resume from the run's last.ckpt.",
+            file=sys.stderr,
+        )
+        sys.exit(1)
     except SIGTERMException:
         # Lightning's SIGTERMException is a SystemExit with status 0; a scheduler must see a job that did not finish
         sys.exit(128 + signal.SIGTERM)

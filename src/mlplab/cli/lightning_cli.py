@@ -38,7 +38,7 @@ from mlplab.callbacks import CSVPredictionWriter, LayerGradientNorms, TestDiagno
 from mlplab.checkpointing import AtomicCheckpointIO, GracefulInterrupt, check_checkpoint_file
 from mlplab.cli.config_sources import check_config_files, explain
 from mlplab.cli.messages import describe_instantiation_error
-from mlplab.cli.run_folders import claim_version, logger_root, newest_last_checkpoint, training_run_of
+from mlplab.cli.run_folders import claim_version, is_first_process, logger_root, newest_last_checkpoint, training_run_of
 from mlplab.data.datamodules import InMemoryDataModule
 from mlplab.errors import ConfigError, DataError, MLPLabError
 from mlplab.grouped import set_logger_step
@@ -246,12 +246,14 @@ class MLPLabCLI(LightningCLI):
         return version
 
     def _claim_log_version(self, config: Any) -> None:
-        """Create this run's ``version_N`` folder now (:func:`~mlplab.cli.run_folders.claim_version`); only the launching process claims.
+        """Create this run's ``version_N`` folder now (:func:`~mlplab.cli.run_folders.claim_version`).
 
-        (DDP ranks it starts inherit LOCAL_RANK.)
+        Only the process of global rank 0 claims: the ranks Lightning launches inherit LOCAL_RANK, and the other
+        nodes of a multi-node run (NODE_RANK, or SLURM's and torchrun's variables) would each claim a folder of
+        their own on a shared filesystem and leave it empty; their checkpoints go where rank 0's do.
         """
         logger = logger_root(config)
-        if logger is None or logger[0].get("version") is not None or os.environ.get("LOCAL_RANK", "0") != "0":
+        if logger is None or logger[0].get("version") is not None or not is_first_process():
             return
         init_args, root = logger
         init_args.version = claim_version(root)

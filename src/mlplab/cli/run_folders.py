@@ -7,6 +7,7 @@ looks only in the new run's own, still empty, folder; these fill both gaps.
 
 from __future__ import annotations
 
+import os
 import re
 from pathlib import Path
 from typing import Any
@@ -24,6 +25,16 @@ def logger_root(config: Any) -> tuple[Any, Path] | None:
         return None
     init_args = logger.init_args
     return init_args, Path(init_args.save_dir) / (init_args.get("name") or "")
+
+
+# set by Lightning's launchers (LOCAL_RANK, NODE_RANK), torchrun (RANK, GROUP_RANK) and SLURM (SLURM_PROCID)
+RANK_VARIABLES = ("RANK", "LOCAL_RANK", "NODE_RANK", "GROUP_RANK", "SLURM_PROCID")
+
+
+def is_first_process(environ: Any = None) -> bool:
+    """Whether this process is global rank 0 of its run (or the only process), judged from the launchers' variables."""
+    environ = os.environ if environ is None else environ
+    return all(environ.get(name, "0") == "0" for name in RANK_VARIABLES)
 
 
 def claim_version(root: Path) -> int:

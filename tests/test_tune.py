@@ -9,12 +9,16 @@ from __future__ import annotations
 
 import csv
 import itertools
+import json
 import os
 import shutil
 import signal
+import socket
 import subprocess
+import sys
 import tempfile
 import time
+import urllib.request
 from pathlib import Path
 
 import optuna
@@ -232,3 +236,30 @@ def test_two_processes_join_one_study_in_postgresql(workdir, postgres_url):  # n
     assert all(t.state == optuna.trial.TrialState.COMPLETE for t in study.trials)
     assert {t.user_attrs["process"] for t in study.trials} == {first.pid, second.pid}  # both ran trials
     check_one_run_per_trial(workdir / "logs" / "tune" / "shared", 4)
+
+
+@pytest.mark.slow
+def test_optuna_dashboard_serves_the_study_on_loopback(tmp_path):
+    """The documented dashboard command on a study's embedded storage (docs/usage.md)."""
+    storage = f"sqlite:///{tmp_path / 'study.db'}"
+    study = optuna.create_study(study_name="seen", storage=storage, direction="maximize")
+    study.optimize(lambda trial: trial.suggest_float("x", 0, 1), n_trials=2)
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    dashboard = shutil.which("optuna-dashboard", path=str(Path(sys.executable).parent))
+    server = subprocess.Popen(
+        [dashboard, storage, "--host", "127.0.0.1", "--port", str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    try:
+        deadline, studies = time.monotonic() + 60, None
+        while studies is None and time.monotonic() < deadline:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/studies", timeout=5) as response:
+                    studies = json.load(response)["study_summaries"]
+            except OSError:
+                time.sleep(0.3)
+        assert [(s["study_name"], s["directions"]) for s in studies] == [("seen", ["maximize"])]
+    finally:
+        server.terminate()
+        server.wait(timeout=30)

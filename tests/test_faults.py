@@ -466,3 +466,24 @@ def test_two_runs_started_together_get_distinct_folders(workdir):
         assert torch.load(checkpoints / "last.ckpt", weights_only=True)["global_step"] == 14
         assert (workdir / "logs" / "tiny" / version / "config.yaml").is_file()
     shutil.rmtree(workdir / "logs")
+
+
+REFUSED_COMMANDS = {
+    "fit, bad value": ["fit", *tiny_args(1), "--model.dropout=2"],
+    "fit, damaged checkpoint": ["fit", *tiny_args(1), "--ckpt_path=broken.ckpt"],
+    "validate, missing checkpoint": ["validate", *tiny_args(1), "--ckpt_path=missing.ckpt"],
+    "test, unknown key": ["test", *tiny_args(1), "--model.dropot=0.1"],
+    "predict, empty predict_dir": ["predict", *tiny_args(1), "--data.predict_dir=empty", "--prediction_writer.output=p.csv"],
+    "export, damaged checkpoint": ["export", "--ckpt_path=broken.ckpt", "--format=onnx", "--output=model.onnx"],
+    "tune, bad space": ["tune", "--space=space.yaml", "--study=s", "--n_trials=2", *tiny_args(1)],
+}
+
+
+@pytest.mark.parametrize("case", REFUSED_COMMANDS)
+def test_a_refused_command_of_any_kind_leaves_no_folder_and_no_partial_file(workdir, case):
+    (workdir / "broken.ckpt").write_bytes(b"PK\x03\x04 truncated")
+    (workdir / "empty").mkdir()
+    (workdir / "space.yaml").write_text("model.dropout: {type: float, low: 0.5, high: 0.1}\n")
+    before = sorted(p.relative_to(workdir) for p in workdir.rglob("*") if "__pycache__" not in p.parts)
+    error_paragraph(mlplab(workdir, *REFUSED_COMMANDS[case]))
+    assert sorted(p.relative_to(workdir) for p in workdir.rglob("*") if "__pycache__" not in p.parts) == before

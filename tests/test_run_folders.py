@@ -5,7 +5,14 @@ import threading
 
 import pytest
 
-from mlplab.cli.run_folders import claim_version, is_first_process, newest_last_checkpoint, training_run_of
+from mlplab.cli.run_folders import (
+    claim_version,
+    first_missing_folder,
+    is_first_process,
+    newest_last_checkpoint,
+    remove_empty_parents,
+    training_run_of,
+)
 
 
 def test_claims_take_the_next_free_version_and_never_the_same_one(tmp_path):
@@ -58,3 +65,14 @@ def test_the_run_of_a_checkpoint_is_the_folder_with_its_hparams(tmp_path):
 )
 def test_only_the_first_process_of_a_run_claims_its_folder(environ, first):
     assert is_first_process(environ) is first
+
+
+def test_a_refused_run_removes_only_the_empty_folders_its_claim_created(tmp_path):
+    (tmp_path / "logs" / "other").mkdir(parents=True)
+    root = tmp_path / "logs" / "tiny" / "sub"
+    assert first_missing_folder(root) == tmp_path / "logs" / "tiny"
+    version = claim_version(root)
+    (root / f"version_{version}").rmdir()
+    remove_empty_parents(root / f"version_{version}", tmp_path / "logs" / "tiny")
+    assert sorted(p.name for p in (tmp_path / "logs").iterdir()) == ["other"]  # logs/ existed before: it stays
+    assert first_missing_folder(tmp_path / "logs") is None

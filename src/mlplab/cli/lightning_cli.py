@@ -38,7 +38,15 @@ from mlplab.callbacks import CSVPredictionWriter, LayerGradientNorms, TestDiagno
 from mlplab.checkpointing import AtomicCheckpointIO, GracefulInterrupt, check_checkpoint_file
 from mlplab.cli.config_sources import check_config_files, explain
 from mlplab.cli.messages import describe_instantiation_error
-from mlplab.cli.run_folders import claim_version, is_first_process, logger_root, newest_last_checkpoint, training_run_of
+from mlplab.cli.run_folders import (
+    claim_version,
+    first_missing_folder,
+    is_first_process,
+    logger_root,
+    newest_last_checkpoint,
+    remove_empty_parents,
+    training_run_of,
+)
 from mlplab.data.datamodules import InMemoryDataModule
 from mlplab.errors import ConfigError, DataError, MLPLabError
 from mlplab.grouped import set_logger_step
@@ -101,12 +109,14 @@ class MLPLabCLI(LightningCLI):
             },
         )
         self.claimed_log_dir: Path | None = None
+        self.created_log_root: Path | None = None  # the outermost folder the claim created (logs/, logs/<name>/)
         try:
             self._init_lightning_cli(args, run, kwargs)
         except (ConfigError, DataError, argparse.ArgumentError):
             # bad input is refused before training: the folder this run claimed holds nothing worth keeping
             if self.claimed_log_dir is not None and not (self.claimed_log_dir / "checkpoints").exists():
                 shutil.rmtree(self.claimed_log_dir, ignore_errors=True)
+                remove_empty_parents(self.claimed_log_dir, self.created_log_root)
             raise
 
     def _init_lightning_cli(self, args: Sequence[str] | None, run: bool, kwargs: dict[str, Any]) -> None:
@@ -256,6 +266,7 @@ class MLPLabCLI(LightningCLI):
         if logger is None or logger[0].get("version") is not None or not is_first_process():
             return
         init_args, root = logger
+        self.created_log_root = first_missing_folder(root)
         init_args.version = claim_version(root)
         self.claimed_log_dir = root / f"version_{init_args.version}"
 

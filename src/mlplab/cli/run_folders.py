@@ -53,6 +53,30 @@ def claim_version(root: Path) -> int:
             version += 1
 
 
+def first_missing_folder(path: Path) -> Path | None:
+    """The outermost folder of ``path`` that does not exist yet (what creating ``path`` would create), if any."""
+    if path.exists():
+        return None
+    while not path.parent.exists():
+        path = path.parent
+    return path
+
+
+def remove_empty_parents(folder: Path, up_to: Path | None) -> None:
+    """Remove ``folder``'s parent folders up to and including ``up_to`` while they are empty (a refused run's leftovers)."""
+    if up_to is None:
+        return
+    current = folder.parent
+    while True:
+        try:
+            current.rmdir()  # only an empty folder goes
+        except OSError:
+            return
+        if current == up_to:
+            return
+        current = current.parent
+
+
 def newest_last_checkpoint(root: Path) -> tuple[Path, int] | None:
     """The most recently written ``root/version_N/checkpoints/last*.ckpt`` and its N, if any run has one."""
     candidates = [p for p in root.glob("version_*/checkpoints/last*.ckpt") if VERSION_FOLDER.fullmatch(p.parent.parent.name)]

@@ -263,3 +263,29 @@ def test_optuna_dashboard_serves_the_study_on_loopback(tmp_path):
     finally:
         server.terminate()
         server.wait(timeout=30)
+
+
+@pytest.mark.slow
+def test_ctrl_c_stops_the_study_cleanly_and_says_how_to_continue(workdir):  # noqa: F811
+    write_space(workdir)
+    args = tune_args("stopped", 3)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(workdir), os.environ.get("PYTHONPATH", "")])}
+    # its own process group, as a terminal's foreground job: Ctrl-C reaches the tune process and its trial
+    process = subprocess.Popen(
+        [sys.executable, "-m", "mlplab.cli", *args], cwd=workdir, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        text=True, start_new_session=True,
+    )  # fmt: skip
+    folder = workdir / "logs" / "tune" / "stopped"
+    deadline = time.monotonic() + 120
+    while not list(folder.glob("trial_0000/events.out.tfevents.*")) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    os.killpg(process.pid, signal.SIGINT)
+    stdout, stderr = process.communicate(timeout=120)
+    assert process.returncode == 130, stderr[-3000:]
+    assert "mlplab tune: interrupted; the study keeps its 1 finished trials" in stdout
+    assert "Run the same command again to continue it (--study stopped)" in stdout
+    table = rows(folder)
+    assert [row["state"] for row in table] == ["fail"] and table[0]["reason"].startswith("interrupted (Ctrl-C)")
+    again = mlplab(workdir, *args, timeout=300)  # continues to the study's 3 trials
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert [row["state"] for row in rows(folder)] == ["fail", "complete", "complete"]

@@ -92,7 +92,11 @@ class TuneRun:
             raise optuna.TrialPruned(f"pruned after epoch {outcome['pruned_at']}")
         if returncode == 0 and outcome.get("objective") is not None:
             return float(outcome["objective"])
-        reason = failure_reason(returncode, run_dir / "fit.log", self.options.metric)
+        reason = (
+            f"interrupted (Ctrl-C); the run's last.ckpt is in {run_dir / 'checkpoints'}"
+            if self.interrupted.is_set()
+            else failure_reason(returncode, run_dir / "fit.log", self.options.metric)
+        )
         trial.set_user_attr("reason", reason)
         print(f"mlplab tune: trial {trial.number} failed: {reason} (log: {run_dir / 'fit.log'})", file=sys.stderr, flush=True)
         return float("nan")

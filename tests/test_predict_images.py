@@ -84,6 +84,7 @@ def _bomb(path: Path) -> bytes:
     return bytes(data)
 
 
+@pytest.mark.slow
 def test_predict_with_a_bad_file_stops_in_one_line_and_writes_nothing(workdir):  # noqa: F811
     fit = mlplab(workdir, "fit", *tiny_args(1), "--test_after_fit=false")
     assert fit.returncode == 0, fit.stderr[-3000:]

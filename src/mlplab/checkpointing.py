@@ -95,20 +95,19 @@ class GracefulInterrupt(Callback):
     and ``--ckpt_path last`` continues it exactly. Ctrl-C exits with Lightning's status 1. A second
     signal of the same kind goes to the previous handler (Lightning's: at once for Ctrl-C).
 
-    Several processes (DDP): the ranks must agree on the step, so Lightning's own SIGTERM handling
-    stops them together (its launcher forwards the signal, the ranks raise ``SIGTERMException`` after
-    the same batch); this callback then saves ``last.ckpt`` from every rank in ``on_exception``.
+    Several processes (DDP): the ranks would have to agree on the step before saving, so this
+    callback stays out of the way and Lightning's own handling applies (SIGTERM still exits 143,
+    through ``mlplab.cli.main``); the last epoch-end ``last.ckpt`` is the one to resume from.
     """
 
     SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
     def __init__(self) -> None:
         self.requested: int | None = None
-        self.saved = False
         self.previous_handlers: dict[int, Any] = {}
 
     def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        self.requested, self.saved = None, False
+        self.requested = None
         if trainer.world_size == 1 and threading.current_thread() is threading.main_thread():
             # (installed after Lightning's own SIGTERM handler, which would stop mid-validation without a checkpoint)
             self.previous_handlers = {signum: signal.signal(signum, self._request_stop) for signum in self.SIGNALS}
@@ -122,17 +121,12 @@ class GracefulInterrupt(Callback):
             self._save(trainer, signal.Signals(self.requested).name)
             self._stop()
 
-    def on_exception(self, trainer: Trainer, pl_module: LightningModule, exception: BaseException) -> None:
-        if isinstance(exception, SIGTERMException) and not self.saved and trainer.state.fn == "fit":
-            self._save(trainer, "SIGTERM")  # DDP: Lightning stopped every rank after the same batch
-
     def _save(self, trainer: Trainer, signal_name: str) -> None:
         folder = (
             Path(trainer.checkpoint_callback.dirpath) if trainer.checkpoint_callback else Path(trainer.default_root_dir) / "checkpoints"
         )
         path = folder / "last.ckpt"
         trainer.save_checkpoint(path)
-        self.saved = True
         rank_zero_info(
             f"mlplab: {signal_name}: interrupted in epoch {trainer.current_epoch} after optimizer step {trainer.global_step}; "
             f"saved {path}. Resume with --ckpt_path last (same config) or --ckpt_path {path}."

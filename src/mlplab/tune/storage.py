@@ -10,13 +10,18 @@ when a trial itself runs on several processes (DDP).
 
 from __future__ import annotations
 
+import random
 import re
+import time
 from pathlib import Path
 
 import optuna
 import sqlalchemy
 
 from mlplab.errors import ConfigError
+
+CREATE_ATTEMPTS = 5
+TABLE_CREATION_RACE = (sqlalchemy.exc.IntegrityError, sqlalchemy.exc.ProgrammingError, sqlalchemy.exc.InternalError)
 
 
 def embedded_url(folder: Path) -> str:
@@ -38,17 +43,22 @@ def open_storage(url: str, heartbeat_interval: int | None = None) -> optuna.stor
     engine_kwargs = {"connect_args": {"timeout": 60}} if url.startswith("sqlite") else {"pool_pre_ping": True}
     if url.startswith("sqlite:///"):
         Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
-    try:
-        return optuna.storages.RDBStorage(
-            url,
-            engine_kwargs=engine_kwargs,
-            heartbeat_interval=heartbeat_interval,
-            grace_period=None if heartbeat_interval is None else 3 * heartbeat_interval,
-        )
-    except (sqlalchemy.exc.SQLAlchemyError, ImportError, ValueError) as err:
-        reason = str(getattr(err, "orig", None) or err).strip().splitlines()[0]
-        raise ConfigError(
-            f"--storage {shown(url)!r} cannot be opened: {reason}. Give an SQLAlchemy URL that this machine can reach "
-            "(postgresql://USER:PASSWORD@HOST/DB, mysql+pymysql://..., sqlite:///PATH), or leave --storage out for "
-            "the embedded SQLite file under the study's folder."
-        ) from err
+    grace_period = None if heartbeat_interval is None else 3 * heartbeat_interval
+    attempt = 1
+    while True:
+        try:
+            return optuna.storages.RDBStorage(url, engine_kwargs, heartbeat_interval=heartbeat_interval, grace_period=grace_period)
+        except TABLE_CREATION_RACE:
+            # processes that join an empty database at the same moment all create Optuna's tables; the losers of
+            # that race fail on a duplicate table or type, and find the tables there when they try again
+            if attempt == CREATE_ATTEMPTS:
+                raise
+            attempt += 1
+            time.sleep(1.0 + random.random())
+        except (sqlalchemy.exc.SQLAlchemyError, ImportError, ValueError) as err:
+            reason = str(getattr(err, "orig", None) or err).strip().splitlines()[0]
+            raise ConfigError(
+                f"--storage {shown(url)!r} cannot be opened: {reason}. Give an SQLAlchemy URL that this machine can reach "
+                "(postgresql://USER:PASSWORD@HOST/DB, mysql+pymysql://..., sqlite:///PATH), or leave --storage out for "
+                "the embedded SQLite file under the study's folder."
+            ) from err

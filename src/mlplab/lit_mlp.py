@@ -19,14 +19,12 @@ from typing import Any, Literal
 import torch
 from lightning.pytorch import Callback
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
-from lightning.pytorch.utilities import rank_zero_info
-from torch import Tensor, nn
+from torch import Tensor
 from torchmetrics import MaxMetric, Metric, MinMetric
 
 from mlplab import model_config, stage_metrics
 from mlplab.checkpointing import ResumableProgress
 from mlplab.data.preprocessing import Preprocessor
-from mlplab.errors import ConfigError, TrainingDivergedError
 from mlplab.grouped import GroupedSteps, check_lightning_version
 from mlplab.models.mlp import MLP
 
@@ -58,19 +56,16 @@ class LitMLP(GroupedSteps, ResumableProgress):
         optimizer: callable building the optimizer from the parameters; default Adam(lr=1e-3).
         lr_scheduler: callable building a scheduler from the optimizer; default none. Schedulers
             with a ``total_steps`` argument left unset (OneCycleLR, ``mlplab.schedules.WarmupCosineLR``)
-            get the fit's number of optimizer steps (:meth:`total_optimizer_steps`) and are stepped
+            get the fit's number of optimizer steps (:func:`mlplab.model_config.scheduler_total_steps`) and are stepped
             every optimizer step.
         lr_scheduler_interval: ``epoch`` or ``step``: when other schedulers step.
         lr_scheduler_monitor: metric that ReduceLROnPlateau watches.
-        steps_per_call: batches per fetch from the train loader. Lightning's loop costs about as
-            much per batch as a small MLP's step; with ``K > 1`` the DataModule serves groups of K
-            consecutive batches and :class:`mlplab.grouped.GroupedTrainingEpochLoop` steps once per
-            batch under this module's own (manual) optimization: the same batches, updates,
-            scheduler steps, ``global_step``, logger steps, progress bar and Trainer flags as
-            ``K = 1``, for a fraction of the loop's cost. Trainer gradient clipping or accumulation,
-            a subclass overriding ``training_step`` (or another hook only automatic optimization
-            calls) and a worker-process DataLoader make it take Lightning's own step per batch,
-            with one info line saying so.
+        steps_per_call: batches per fetch from the train loader. With ``K > 1`` the DataModule serves
+            groups of K batches and :class:`mlplab.grouped.GroupedTrainingEpochLoop` steps once per
+            batch (:class:`mlplab.grouped.GroupedSteps`): the same updates, ``global_step``, logger
+            steps, progress bar and Trainer flags as ``K = 1``, for a fraction of the loop's cost.
+            Gradient clipping or accumulation, a subclass overriding ``training_step`` (or another
+            automatic-optimization hook) or a worker-process loader take Lightning's own step, with one info line.
         compile: compile the network with ``torch.compile`` when training starts (in place, so
             checkpoints keep their keys and load into an uncompiled model).
     """
@@ -112,11 +107,7 @@ class LitMLP(GroupedSteps, ResumableProgress):
         self.net = MLP(
             input_dim, list(hidden_dims), num_classes, activation, dropout, batch_norm, residual, maxout_pieces, init, init_std, bias_init
         )
-        self.criterion: nn.Module = (
-            nn.CrossEntropyLoss(label_smoothing=label_smoothing)
-            if task == "multiclass"
-            else {"multilabel": nn.BCEWithLogitsLoss, "regression": nn.MSELoss}[task]()
-        )
+        self.criterion = model_config.make_criterion(task, label_smoothing)
         self.train_stage, self.val_stage, self.test_stage = (stage_metrics.StageMetrics(stage, task, num_classes) for stage in STAGES)
         self.stages = {"train": self.train_stage, "val": self.val_stage, "test": self.test_stage}
         headline, mode = HEADLINE_METRIC[task]
@@ -167,22 +158,10 @@ class LitMLP(GroupedSteps, ResumableProgress):
     def training_loss(self, batch: tuple[Tensor, Tensor]) -> Tensor:
         """The loss one optimizer step minimises on ``batch``: data loss plus weight penalties."""
         loss, _ = self._step(batch, "train")
-        for name, penalty in self.weight_penalties().items():
+        for name, penalty in self.net.weight_penalties(self.l1, self.l2).items():
             self.log(f"train/{name}", penalty, on_step=False, on_epoch=True)
             loss = loss + penalty
         return loss
-
-    def weight_penalties(self) -> dict[str, Tensor]:
-        """``l1 * sum|w|`` and ``l2 * sum w^2`` over weight matrices, for the coefficients that are non-zero."""
-        if not (self.l1 or self.l2):
-            return {}
-        weights = [p for p in self.net.parameters() if p.ndim > 1]
-        penalties = {}
-        if self.l1:
-            penalties["l1"] = self.l1 * sum(w.abs().sum() for w in weights)
-        if self.l2:
-            penalties["l2"] = self.l2 * sum(w.pow(2).sum() for w in weights)
-        return penalties
 
     # ----------------------------------------------------------------- training
 
@@ -238,22 +217,8 @@ class LitMLP(GroupedSteps, ResumableProgress):
 
     def _check_losses_finite(self) -> None:
         """Stop with the optimizer step that diverged, before a checkpoint could store non-finite weights."""
-        train = self.stages["train"]
-        losses = train.unchecked_losses()
-        if not losses:
-            return
-        finite = torch.isfinite(torch.stack(losses))
-        if bool(finite.all()):
-            train.mark_checked()
-            return
-        first_bad = int((~finite).nonzero()[0])
-        step = self.global_step - len(losses) + first_bad + 1
         lr = self.trainer.optimizers[0].param_groups[0]["lr"]
-        raise TrainingDivergedError(
-            f"training diverged: the loss became {float(losses[first_bad])} at optimizer step {step} (epoch {self.current_epoch}), "
-            f"with learning rate {lr:g}. Training stopped; checkpoints written before this epoch's end are untouched and loadable. "
-            "Lower model.optimizer.lr, add gradient clipping (--trainer.gradient_clip_val) or check the data."
-        )
+        self.stages["train"].check_losses_finite(self.global_step, self.current_epoch, lr)
 
     def on_train_epoch_end(self) -> None:
         self._check_losses_finite()
@@ -300,18 +265,15 @@ class LitMLP(GroupedSteps, ResumableProgress):
     # ----------------------------------------------------------------- optimizer and scheduler
 
     def configure_optimizers(self) -> Any:
-        optimizer = self.optimizer_factory(self.parameter_groups())
+        """The optimizer (weight decay on every parameter, or on weight matrices only) and the scheduler, if any."""
+        optimizer = self.optimizer_factory(model_config.parameter_groups(self, self.hparams.decay_bias_and_norm))
         self.scheduler_interval = self.hparams.lr_scheduler_interval
         if self.lr_scheduler_factory is None:
             return optimizer
-        extra = {}
-        target = model_config.callable_target(self.lr_scheduler_factory)
-        if model_config.takes_total_steps(target):
-            extra, self.scheduler_interval = (
-                {"total_steps": self.total_optimizer_steps(model_config.scheduler_warmup_steps(target))},
-                "step",
-            )
-        scheduler = self.lr_scheduler_factory(optimizer, **extra)
+        total_steps = model_config.scheduler_total_steps(self.lr_scheduler_factory, self.trainer)
+        if total_steps is not None:  # a schedule over the whole fit steps every optimizer step
+            self.scheduler_interval = "step"
+        scheduler = self.lr_scheduler_factory(optimizer, **({} if total_steps is None else {"total_steps": total_steps}))
         if not self.automatic_optimization:  # Lightning ignores interval/monitor here; step_schedulers applies them
             return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler}}
         return {
@@ -319,33 +281,7 @@ class LitMLP(GroupedSteps, ResumableProgress):
             "lr_scheduler": {"scheduler": scheduler, "interval": self.scheduler_interval, "monitor": self.hparams.lr_scheduler_monitor},
         }
 
-    def parameter_groups(self) -> list[dict[str, Any]]:
-        """All parameters in one group, or (``decay_bias_and_norm=False``) weight matrices apart from biases/norm parameters."""
-        if self.hparams.decay_bias_and_norm:
-            return [{"params": list(self.parameters())}]
-        decay = [p for p in self.parameters() if p.ndim > 1]
-        no_decay = [p for p in self.parameters() if p.ndim <= 1]
-        return [{"params": decay}, {"params": no_decay, "weight_decay": 0.0}]
-
-    def total_optimizer_steps(self, warmup_steps: int = 0) -> int:
-        """Optimizer steps the whole fit will take (Lightning's ``estimated_stepping_batches``, grouped or not).
-
-        Under ``fast_dev_run`` (a smoke test of a few steps) a schedule's warm-up may be longer than the
-        fit: the schedule then gets ``warmup_steps + steps``, with an info line, instead of being refused.
-        """
-        steps = int(self.trainer.estimated_stepping_batches)
-        if self.trainer.fast_dev_run and warmup_steps >= steps:
-            rank_zero_info(
-                f"mlplab: fast_dev_run: the schedule's {warmup_steps} warm-up steps outlast this {steps}-step run; its total_steps is {warmup_steps + steps}."
-            )
-            return warmup_steps + steps
-        return steps
-
     # ----------------------------------------------------------------- checks and checkpoints
-
-    def check_data_fits(self, datamodule: Any) -> None:
-        """ConfigError when the DataModule's task is not this model's."""
-        model_config.check_data_fits(self.task, datamodule)
 
     def logged_metric_names(self) -> set[str]:
         """Every key this module logs during fit: what checkpointing, early stopping and ReduceLROnPlateau may monitor."""
@@ -370,16 +306,5 @@ class LitMLP(GroupedSteps, ResumableProgress):
 
     def load_state_dict(self, state_dict: Any, strict: bool = True, assign: bool = False) -> Any:
         """``nn.Module.load_state_dict`` that names every layer whose shape differs in one clear error."""
-        own = self.state_dict()
-        mismatched = [
-            f"{key} is {list(value.shape)} in the checkpoint but {list(own[key].shape)} in this model"
-            for key, value in state_dict.items()
-            if key in own and not key.startswith("preprocessor.") and value.shape != own[key].shape
-        ]
-        if mismatched:
-            raise ConfigError(
-                f"the checkpoint does not fit this model's shape: {'; '.join(mismatched)}. "
-                "Build the model with the checkpoint's settings: LitMLP.load_from_checkpoint(path) without overrides of "
-                "hidden_dims, maxout_pieces, batch_norm, residual or the input size does."
-            )
+        model_config.check_state_dict_fits(self.state_dict(), state_dict)
         return super().load_state_dict(state_dict, strict=strict, assign=assign)

@@ -1,4 +1,4 @@
-"""The checks of ``LitMLP``'s configuration, and how its optimizer/scheduler callables become plain hparams.
+"""The checks of ``LitMLP``'s configuration, how its optimizer/scheduler callables become plain hparams, and what they are built with.
 
 Each check raises one :class:`~mlplab.errors.ConfigError` paragraph naming the value, where it
 belongs (``model.*``, a callback's ``monitor``, ``trainer.*``) and what is allowed, before any
@@ -15,6 +15,8 @@ from typing import Any
 
 import torch
 from lightning.pytorch import Callback
+from lightning.pytorch.utilities import rank_zero_info
+from torch import Tensor, nn
 
 from mlplab.errors import ConfigError
 
@@ -137,3 +139,53 @@ def scheduler_warmup_steps(target: tuple[type, dict[str, Any]]) -> int:
 def takes_total_steps(target: tuple[type, dict[str, Any]] | None) -> bool:
     """Whether a scheduler has a ``total_steps`` argument left unset (OneCycleLR, WarmupCosineLR): the Trainer fills it."""
     return bool(target) and "total_steps" in inspect.signature(target[0]).parameters and target[1].get("total_steps") is None
+
+
+def make_criterion(task: str, label_smoothing: float) -> nn.Module:
+    """The task's loss: cross-entropy (with its label smoothing), binary cross-entropy on logits, or MSE."""
+    if task == "multiclass":
+        return nn.CrossEntropyLoss(label_smoothing=label_smoothing)
+    return {"multilabel": nn.BCEWithLogitsLoss, "regression": nn.MSELoss}[task]()
+
+
+def scheduler_total_steps(lr_scheduler_factory: Any, trainer: Any) -> int | None:
+    """The ``total_steps`` to give a scheduler that takes it unset (the fit's optimizer steps), else None.
+
+    Lightning's ``estimated_stepping_batches`` counts them, grouped or not. Under ``fast_dev_run`` (a smoke
+    test of a few steps) a warm-up may outlast the fit: the schedule then gets ``warmup_steps + steps``, with
+    an info line, instead of being refused.
+    """
+    target = callable_target(lr_scheduler_factory)
+    if not takes_total_steps(target):
+        return None
+    steps, warmup_steps = int(trainer.estimated_stepping_batches), scheduler_warmup_steps(target)
+    if trainer.fast_dev_run and warmup_steps >= steps:
+        rank_zero_info(
+            f"mlplab: fast_dev_run: the schedule's {warmup_steps} warm-up steps outlast this {steps}-step run; its total_steps is {warmup_steps + steps}."
+        )
+        return warmup_steps + steps
+    return steps
+
+
+def parameter_groups(module: nn.Module, decay_bias_and_norm: bool) -> list[dict[str, Any]]:
+    """All parameters in one group, or (``decay_bias_and_norm=False``) weight matrices apart from biases/norm parameters (``weight_decay=0``)."""
+    if decay_bias_and_norm:
+        return [{"params": list(module.parameters())}]
+    decay = [p for p in module.parameters() if p.ndim > 1]
+    no_decay = [p for p in module.parameters() if p.ndim <= 1]
+    return [{"params": decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+def check_state_dict_fits(own: dict[str, Tensor], incoming: dict[str, Tensor]) -> None:
+    """ConfigError naming every layer whose shape in a checkpoint's ``incoming`` state differs from the model's ``own``."""
+    mismatched = [
+        f"{key} is {list(value.shape)} in the checkpoint but {list(own[key].shape)} in this model"
+        for key, value in incoming.items()
+        if key in own and not key.startswith("preprocessor.") and value.shape != own[key].shape
+    ]
+    if mismatched:
+        raise ConfigError(
+            f"the checkpoint does not fit this model's shape: {'; '.join(mismatched)}. "
+            "Build the model with the checkpoint's settings: LitMLP.load_from_checkpoint(path) without overrides of "
+            "hidden_dims, maxout_pieces, batch_norm, residual or the input size does."
+        )

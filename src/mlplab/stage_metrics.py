@@ -15,6 +15,8 @@ from torch import Tensor, nn
 from torchmetrics import MeanAbsoluteError, MeanMetric, MeanSquaredError, MetricCollection, R2Score
 from torchmetrics.classification import MulticlassAccuracy, MultilabelAccuracy, MultilabelF1Score
 
+from mlplab.errors import TrainingDivergedError
+
 # steps whose outputs may wait for one bulk metric update (bounds the memory they hold)
 MAX_PENDING_STEPS = 256
 
@@ -62,12 +64,25 @@ class StageMetrics(nn.Module):
         self.pending.append((loss, len(targets), metric_input, targets.int() if self.task == "multilabel" else targets))
         return len(self.pending)
 
-    def unchecked_losses(self) -> list[Tensor]:
-        """The losses recorded since the last :meth:`mark_checked`."""
-        return [record[0] for record in self.pending[self.checked :]]
+    def check_losses_finite(self, global_step: int, epoch: int, lr: float) -> None:
+        """TrainingDivergedError naming the optimizer step whose loss is not finite (one host sync for every unchecked loss).
 
-    def mark_checked(self) -> None:
-        self.checked = len(self.pending)
+        ``global_step`` is the step count after the last recorded loss; ``epoch`` and ``lr`` go into the message.
+        """
+        losses = [record[0] for record in self.pending[self.checked :]]
+        if not losses:
+            return
+        finite = torch.isfinite(torch.stack(losses))
+        if bool(finite.all()):
+            self.checked = len(self.pending)
+            return
+        first_bad = int((~finite).nonzero()[0])
+        step = global_step - len(losses) + first_bad + 1
+        raise TrainingDivergedError(
+            f"training diverged: the loss became {float(losses[first_bad])} at optimizer step {step} (epoch {epoch}), "
+            f"with learning rate {lr:g}. Training stopped; checkpoints written before this epoch's end are untouched and loadable. "
+            "Lower model.optimizer.lr, add gradient clipping (--trainer.gradient_clip_val) or check the data."
+        )
 
     def flush(self) -> None:
         """Hand the recorded steps to the metrics in one update."""

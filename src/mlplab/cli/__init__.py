@@ -1,7 +1,10 @@
 """The ``mlplab`` command: ``fit | validate | test | predict`` (LightningCLI), ``data``, ``export`` and ``tune``.
 
-- :mod:`mlplab.cli.lightning_cli`: :class:`MLPLabCLI`, the LightningCLI subclass and its defaults;
-- :mod:`mlplab.cli.run_folders`: claiming ``version_N``, ``--ckpt_path last``, the run of a checkpoint;
+- :mod:`mlplab.cli.lightning_cli`: :class:`MLPLabCLI`, the LightningCLI subclass (parsing, building, results);
+- :mod:`mlplab.cli.defaults`: its default callback groups and keys;
+- :mod:`mlplab.cli.run_logging`: where each command logs (its hooks), on the plain functions of
+  :mod:`mlplab.cli.run_folders` (claiming ``version_N``, ``--ckpt_path last``, the run of a checkpoint);
+- :mod:`mlplab.cli.config_sources`: config errors that name their file and key;
 - :mod:`mlplab.cli.commands`: ``mlplab data`` and ``mlplab export``; ``mlplab tune`` is :mod:`mlplab.tune`;
 - :mod:`mlplab.cli.messages`: bad input as one paragraph.
 """

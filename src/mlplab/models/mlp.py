@@ -108,3 +108,15 @@ class MLP(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         return self.output(self.hidden(x.flatten(1)))
+
+    def weight_penalties(self, l1: float, l2: float) -> dict[str, Tensor]:
+        """``l1 * sum|w|`` and ``l2 * sum w^2`` over the weight matrices (not biases or norm layers, seed 003), for non-zero coefficients."""
+        if not (l1 or l2):
+            return {}
+        weights = [p for p in self.parameters() if p.ndim > 1]
+        penalties = {}
+        if l1:
+            penalties["l1"] = l1 * sum(w.abs().sum() for w in weights)
+        if l2:
+            penalties["l2"] = l2 * sum(w.pow(2).sum() for w in weights)
+        return penalties

@@ -11,7 +11,7 @@ from lightning.pytorch.callbacks import Callback, EarlyStopping, LearningRateMon
 
 import mlplab.data
 from mlplab.callbacks import CSVPredictionWriter, LayerGradientNorms
-from mlplab.data.datamodules import InMemoryDataModule
+from mlplab.data.in_memory import InMemoryDataModule
 
 OTHER_COMMANDS = (
     "Other commands: `mlplab data download --dataset {mnist,fashion_mnist,all}` fetches and verifies the data; "

@@ -38,7 +38,7 @@ from mlplab.cli.config_sources import check_config_files, explain
 from mlplab.cli.defaults import OFF_BY_DEFAULT_CALLBACKS, OPTIONAL_CALLBACKS, OTHER_COMMANDS, class_default, config_keys, data_module_names
 from mlplab.cli.messages import describe_instantiation_error
 from mlplab.cli.run_logging import RunLogging
-from mlplab.data.datamodules import InMemoryDataModule
+from mlplab.data.in_memory import InMemoryDataModule
 from mlplab.errors import ConfigError, DataError, MLPLabError
 from mlplab.lit_mlp import LitMLP
 

@@ -5,11 +5,11 @@ from mlplab.data.datamodules import (
     DATAMODULES,
     FashionMNISTDataModule,
     IDXDataModule,
-    InMemoryDataModule,
     MNISTDataModule,
     MultiLabelMNISTDataModule,
 )
 from mlplab.data.idx import read_idx, write_idx
+from mlplab.data.in_memory import InMemoryDataModule
 from mlplab.data.loader import BatchGroup, TensorBatchLoader
 from mlplab.data.preprocessing import Preprocessor, fit_preprocessor
 from mlplab.data.sources import FASHION_MNIST, MNIST, DatasetSource, IDXFile, ensure_dataset

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from mlplab.data.datamodules import InMemoryDataModule
+from mlplab.data.in_memory import InMemoryDataModule
 from mlplab.errors import ConfigError
 
 

@@ -49,11 +49,11 @@ import os, signal
 from lightning.pytorch import Callback
 
 class SignalAtStep(Callback):
-    def __init__(self, step: int, signal_name: str = "SIGKILL"):
-        self.step, self.signal_name, self.sent = step, signal_name, False
+    def __init__(self, step: int, signal_name: str = "SIGKILL", rank: int = 0):
+        self.step, self.signal_name, self.rank, self.sent = step, signal_name, rank, False
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
-        if trainer.global_step >= self.step and not self.sent:
+        if trainer.global_step >= self.step and not self.sent and trainer.global_rank == self.rank:
             self.sent = True
             os.kill(os.getpid(), getattr(signal, self.signal_name))
 """
@@ -487,3 +487,67 @@ def test_a_refused_command_of_any_kind_leaves_no_folder_and_no_partial_file(work
     before = sorted(p.relative_to(workdir) for p in workdir.rglob("*") if "__pycache__" not in p.parts)
     error_paragraph(mlplab(workdir, *REFUSED_COMMANDS[case]))
     assert sorted(p.relative_to(workdir) for p in workdir.rglob("*") if "__pycache__" not in p.parts) == before
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("signal_name", "rank", "status"), [("SIGTERM", 1, 143), ("SIGINT", 0, 1)])
+def test_a_signal_to_one_ddp_rank_stops_every_rank_after_the_same_step_and_resumes_exactly(workdir, signal_name, rank, status):
+    """Two CPU processes (gloo): whichever rank receives the signal, both save one mid-epoch last.ckpt and stop together."""
+    ddp = ["--trainer.strategy=ddp", "--trainer.devices=2", "--trainer.accelerator=cpu", "--test_after_fit=false"]
+    reference = mlplab(workdir, "fit", *tiny_args(), *ddp, timeout=300)
+    assert reference.returncode == 0, reference.stderr[-3000:]
+    interrupted = mlplab(
+        workdir, "fit", *tiny_args(), *ddp, "--trainer.callbacks+=faulthelpers.SignalAtStep", "--trainer.callbacks.step=6",
+        f"--trainer.callbacks.signal_name={signal_name}", f"--trainer.callbacks.rank={rank}", timeout=300,
+    )  # fmt: skip
+    output = interrupted.stdout + interrupted.stderr
+    assert interrupted.returncode == status, output[-3000:]
+    assert (
+        f"mlplab: {signal_name}: interrupted in epoch 1 after optimizer step 7; saved logs/tiny/version_1/checkpoints/last.ckpt" in output
+    )
+    saved = torch.load(workdir / "logs/tiny/version_1/checkpoints/last.ckpt", weights_only=True)
+    assert saved["global_step"] == 7 and saved["TinyDataModule"]["train_position"]["batches_served"] == 3  # mid-epoch
+    resumed = mlplab(workdir, "fit", *tiny_args(), *ddp, "--ckpt_path=last", timeout=300)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert_same_training(final_state(workdir, 0), final_state(workdir, 1))
+
+
+def slurm_environment(workdir: Path) -> dict[str, str]:
+    """What ``sbatch`` sets for a one-task job (Lightning then picks its SLURMEnvironment), and a stand-in ``scontrol`` on PATH."""
+    bin_dir = workdir / "bin"
+    bin_dir.mkdir(exist_ok=True)
+    scontrol = bin_dir / "scontrol"
+    scontrol.write_text(f'#!/bin/sh\necho "$@" >> {workdir / "scontrol.log"}\n')
+    scontrol.chmod(0o755)
+    return {
+        "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}",
+        "SLURM_JOB_ID": "4242", "SLURM_JOB_NAME": "mlplab", "SLURM_NTASKS": "1", "SLURM_NTASKS_PER_NODE": "1",
+        "SLURM_PROCID": "0", "SLURM_LOCALID": "0", "SLURM_NODEID": "0", "SLURM_NODELIST": "localhost",
+    }  # fmt: skip
+
+
+@pytest.mark.slow
+def test_slurm_requeue_signal_saves_lightnings_hpc_checkpoint_requeues_and_the_requeued_job_resumes_exactly(workdir, monkeypatch):
+    """Lightning's SLURM integration under mlplab: SIGUSR1 (``#SBATCH --signal=SIGUSR1@90``) -> hpc_ckpt_1.ckpt + scontrol requeue."""
+    reference = mlplab(workdir, "fit", *tiny_args(), "--test_after_fit=false")
+    assert reference.returncode == 0, reference.stderr[-3000:]
+    for key, value in slurm_environment(workdir).items():
+        monkeypatch.setenv(key, value)
+    signalled = mlplab(
+        workdir, "fit", *tiny_args(), "--test_after_fit=false", "--trainer.callbacks+=faulthelpers.SignalAtStep",
+        "--trainer.callbacks.step=10", "--trainer.callbacks.signal_name=SIGUSR1",
+    )  # fmt: skip
+    assert signalled.returncode == 0, signalled.stderr[-3000:]  # (on a cluster, SLURM ends the job once it is requeued)
+    assert (workdir / "scontrol.log").read_text() == "requeue 4242\n"
+    hpc = torch.load(workdir / "hpc_ckpt_1.ckpt", weights_only=True)  # in trainer.default_root_dir: the job's folder
+    # saved when the step the signal interrupted had ended (Lightning alone saves before it, with its batch counted as served)
+    assert hpc["global_step"] == 11 and hpc["TinyDataModule"]["train_position"] == {"epoch": 1, "batches_served": 4}
+    requeued = mlplab(workdir, "fit", *tiny_args(), "--test_after_fit=false")  # the job's unchanged command, run again
+    assert requeued.returncode == 0, requeued.stderr[-3000:]
+    assert "hpc_ckpt_1.ckpt" in requeued.stdout + requeued.stderr  # Lightning: "Restoring states from the checkpoint path at …"
+    (ref_ckpt, ref_scalars), (ckpt, scalars) = final_state(workdir, 0), final_state(workdir, 2)
+    assert ckpt["global_step"] == ref_ckpt["global_step"]
+    for key, value in ref_ckpt["state_dict"].items():
+        assert torch.equal(value, ckpt["state_dict"][key]), key  # bit for bit
+    for tag, values in scalars.items():  # the requeued job's own run logs from step 11 on, with the same values
+        assert values == {step: ref_scalars[tag][step] for step in values}, tag

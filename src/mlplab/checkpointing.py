@@ -50,8 +50,8 @@ class AtomicCheckpointIO(TorchCheckpointIO):
 class ResumableProgress(LightningModule):
     """Mixin: what a resumed fit needs beyond Lightning's own checkpoint state to continue exactly.
 
-    The torch RNG state (dropout, augmentation), the running epoch's metric sums and the step the
-    epoch began at, saved as ``checkpoint["mlplab_progress"]``: tensors and plain numbers only, so
+    The torch RNG state (dropout, augmentation), the running epoch's metric sums (over all processes
+    under DDP) and the step the epoch began at, saved as ``checkpoint["mlplab_progress"]``: tensors and plain numbers only, so
     checkpoints stay loadable with ``torch.load(weights_only=True)``. The host class provides
     ``resumable_metrics()`` (name -> metric, names as saved), ``before_saving_progress()`` and
     ``epoch_start_step``.
@@ -62,7 +62,10 @@ class ResumableProgress(LightningModule):
         metric_states = {}
         for name, metric in self.resumable_metrics().items():
             metric.persistent(True)
-            metric_states[name] = dict(metric.state_dict())
+            # the sums over every process (torchmetrics' all-gather: every rank saves together): only rank 0's
+            # checkpoint is written, and on resume rank 0 carries them on while the other ranks start from zero
+            with metric.sync_context():
+                metric_states[name] = {k: v.clone() if isinstance(v, torch.Tensor) else v for k, v in metric.state_dict().items()}
             metric.persistent(False)
         checkpoint["mlplab_progress"] = {
             "torch_rng_state": torch.get_rng_state(),
@@ -82,6 +85,9 @@ class ResumableProgress(LightningModule):
         self.epoch_start_step = progress["epoch_start_step"]
         metrics: dict[str, Metric] = self.resumable_metrics()
         for name, metric in metrics.items():
+            if self.trainer.global_rank != 0:  # the saved sums are every process's: counted once, on rank 0
+                metric.reset()
+                continue
             metric.persistent(True)
             metric.load_state_dict(progress["metric_states"][name])
             metric.persistent(False)
@@ -95,31 +101,66 @@ class GracefulInterrupt(Callback):
     and ``--ckpt_path last`` continues it exactly. Ctrl-C exits with Lightning's status 1. A second
     signal of the same kind goes to the previous handler (Lightning's: at once for Ctrl-C).
 
-    Several processes (DDP): the ranks would have to agree on the step before saving, so this
-    callback stays out of the way and Lightning's own handling applies (SIGTERM still exits 143,
-    through ``mlplab.cli.main``); the last epoch-end ``last.ckpt`` is the one to resume from.
+    A handler already installed for SIGUSR1 or SIGUSR2 when training starts — Lightning's SLURM
+    auto-requeue handler, which saves ``hpc_ckpt_N.ckpt`` and runs ``scontrol requeue`` — is deferred
+    the same way: run where the main thread happens to be, it would save a batch that was fetched
+    but not trained on as served, and the requeued job would skip it.
+
+    Several processes (DDP, several nodes): a signal may reach one rank or all of them, at different
+    moments. After every training batch the ranks agree with one all-reduce (max) of what each has
+    received, so all of them act after the same optimizer step: they save the same mid-epoch
+    checkpoint and stop together with the same exit status. (Lightning's own SIGTERM handling raises
+    on each rank after whichever batch it got the signal in; ranks that stop at different batches
+    leave the others waiting in a collective.)
     """
 
     SIGNALS = (signal.SIGINT, signal.SIGTERM)
+    DEFERRED_SIGNALS = (signal.SIGUSR1, signal.SIGUSR2)
 
     def __init__(self) -> None:
         self.requested: int | None = None
+        self.deferred: int | None = None  # a SIGUSR1/SIGUSR2 whose handler waits for the step to end
         self.previous_handlers: dict[int, Any] = {}
 
     def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        self.requested = None
-        if trainer.world_size == 1 and threading.current_thread() is threading.main_thread():
-            # (installed after Lightning's own SIGTERM handler, which would stop mid-validation without a checkpoint)
-            self.previous_handlers = {signum: signal.signal(signum, self._request_stop) for signum in self.SIGNALS}
+        self.requested = self.deferred = None
+        if threading.current_thread() is not threading.main_thread():
+            return
+        # (installed after Lightning's own SIGTERM handler, which would stop mid-validation without a checkpoint)
+        self.previous_handlers = {signum: signal.signal(signum, self._request_stop) for signum in self.SIGNALS}
+        for signum in self.DEFERRED_SIGNALS:
+            if callable(signal.getsignal(signum)):
+                self.previous_handlers[signum] = signal.signal(signum, self._defer)
 
     def _request_stop(self, signum: int, frame: Any) -> None:
         self.requested = signum
         signal.signal(signum, self.previous_handlers.pop(signum))
 
+    def _defer(self, signum: int, frame: Any) -> None:
+        self.deferred = signum
+
     def on_train_batch_end(self, trainer: Trainer, pl_module: LightningModule, outputs: Any, batch: Any, batch_idx: int) -> None:
+        self._agree(trainer)
+        if self.deferred is not None:
+            signum, self.deferred = self.deferred, None
+            handler = self.previous_handlers.get(signum)
+            if callable(handler):
+                handler(signum, None)
         if self.requested is not None:
             self._save(trainer, signal.Signals(self.requested).name)
             self._stop()
+
+    def _agree(self, trainer: Trainer) -> None:
+        """On several processes: make ``requested`` and ``deferred`` what any rank received (SIGTERM over SIGINT).
+
+        Every rank calls this after the same batch, so the all-reduce (one per batch, beside DDP's own
+        per-batch broadcast of Lightning's SIGTERM flag) cannot leave a rank waiting.
+        """
+        if trainer.world_size == 1:
+            return
+        received = torch.tensor([self.requested or 0, self.deferred or 0], device=trainer.strategy.root_device)
+        requested, deferred = trainer.strategy.reduce(received, reduce_op="max").tolist()
+        self.requested, self.deferred = int(requested) or None, int(deferred) or None
 
     def _save(self, trainer: Trainer, signal_name: str) -> None:
         folder = (
@@ -140,6 +181,7 @@ class GracefulInterrupt(Callback):
     def on_train_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         # interrupted during the last validation: checkpoints are complete; skip what comes after fit
         self._restore_handlers()
+        self._agree(trainer)
         if self.requested is not None:
             self._stop()
 

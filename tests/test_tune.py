@@ -162,6 +162,14 @@ def test_pruner_prunes_a_bad_trial_and_a_diverging_trial_fails_while_the_study_c
     assert EventAccumulator(table[0]["run"]).Reload().Scalars("tune/pruned")[-1].value == 0.0
 
 
+def running(pid: int) -> bool:
+    """Whether process ``pid`` exists and is not a zombie waiting to be reaped."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
 @pytest.mark.slow
 def test_a_tune_process_killed_mid_trial_leaves_a_study_that_loads_and_continues(workdir):  # noqa: F811
     write_space(workdir)
@@ -171,10 +179,12 @@ def test_a_tune_process_killed_mid_trial_leaves_a_study_that_loads_and_continues
     deadline = time.monotonic() + 120
     while not list(folder.glob("trial_0000/events.out.tfevents.*")) and time.monotonic() < deadline:
         time.sleep(0.2)
+    trials = subprocess.run(["pgrep", "-P", str(process.pid), "-f", "mlplab.tune.trial"], capture_output=True, text=True).stdout.split()
+    assert len(trials) == 1  # this tune process's running trial (other tests may run trials of their own at the same time)
     os.kill(process.pid, signal.SIGKILL)
     process.wait()
     time.sleep(1)
-    assert subprocess.run(["pgrep", "-f", "mlplab.tune.trial"], capture_output=True).stdout == b""  # the trial died with it
+    assert not running(int(trials[0]))  # the trial died with it
     study = optuna.load_study(study_name="killed", storage=f"sqlite:///{folder / 'study.db'}")
     assert [t.state for t in study.trials] == [optuna.trial.TrialState.RUNNING]
     time.sleep(3.5)  # three missed heartbeats

@@ -217,8 +217,10 @@ class LitMLP(GroupedSteps, ResumableProgress):
 
     def _check_losses_finite(self) -> None:
         """Stop with the optimizer step that diverged, before a checkpoint could store non-finite weights."""
-        lr = self.trainer.optimizers[0].param_groups[0]["lr"]
-        self.stages["train"].check_losses_finite(self.global_step, self.current_epoch, lr)
+        self.stages["train"].check_losses_finite(self.global_step, self.current_epoch, self._learning_rate)
+
+    def _learning_rate(self) -> float:
+        return self.trainer.optimizers[0].param_groups[0]["lr"]
 
     def on_train_epoch_end(self) -> None:
         self._check_losses_finite()

@@ -10,6 +10,8 @@ are grouped into updates.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 from torch import Tensor, nn
 from torchmetrics import MeanAbsoluteError, MeanMetric, MeanSquaredError, MetricCollection, R2Score
@@ -64,10 +66,10 @@ class StageMetrics(nn.Module):
         self.pending.append((loss, len(targets), metric_input, targets.int() if self.task == "multilabel" else targets))
         return len(self.pending)
 
-    def check_losses_finite(self, global_step: int, epoch: int, lr: float) -> None:
+    def check_losses_finite(self, global_step: int, epoch: int, learning_rate: Callable[[], float]) -> None:
         """TrainingDivergedError naming the optimizer step whose loss is not finite (one host sync for every unchecked loss).
 
-        ``global_step`` is the step count after the last recorded loss; ``epoch`` and ``lr`` go into the message.
+        ``global_step`` is the step count after the last recorded loss; ``epoch`` and ``learning_rate()`` go into the message.
         """
         losses = [record[0] for record in self.pending[self.checked :]]
         if not losses:
@@ -80,7 +82,7 @@ class StageMetrics(nn.Module):
         step = global_step - len(losses) + first_bad + 1
         raise TrainingDivergedError(
             f"training diverged: the loss became {float(losses[first_bad])} at optimizer step {step} (epoch {epoch}), "
-            f"with learning rate {lr:g}. Training stopped; checkpoints written before this epoch's end are untouched and loadable. "
+            f"with learning rate {learning_rate():g}. Training stopped; checkpoints written before this epoch's end are untouched and loadable. "
             "Lower model.optimizer.lr, add gradient clipping (--trainer.gradient_clip_val) or check the data."
         )
 

@@ -20,8 +20,9 @@ data: $(STAMP)
 train: data
 	$(BIN)/mlplab fit --config configs/mnist.yaml
 
+# in as many worker processes as there are cores (pytest-xdist): most tests wait on subprocesses
 test: data
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest -n auto
 
 # ruff's lint and format checks (configured in pyproject.toml)
 lint: $(STAMP)

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 import os
 import signal
 import socket
@@ -216,21 +215,21 @@ def tune_command(argv: Sequence[str]) -> None:
             report.remove_if_empty(folder)
         raise
     tune = TuneRun(options, fit_args, space, folder, url)
-    logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)
-    print(
-        f"mlplab tune: study {options.study!r} in {shown(url)}: {counted_trials(study)}/{options.n_trials} trials so far; "
-        f"{options.workers} at a time here; trials in {folder}/trial_NNNN. Other processes join with the same --study and --storage.",
-        flush=True,
-    )
-    optuna.storages.fail_stale_trials(study)  # trials of a process that died (missed heartbeats) count as failed
-    try:
-        if counted_trials(study) < options.n_trials:
-            study.optimize(
-                tune.objective,
-                n_jobs=options.workers,
-                timeout=options.timeout,
-                callbacks=[optuna.study.MaxTrialsCallback(options.n_trials, states=COUNTED_STATES)],
-            )
-    except KeyboardInterrupt:
-        tune.interrupted.set()
-    report.finish(study, space, folder, fit_args, base_config, options, interrupted=tune.interrupted.is_set())
+    with report.quiet_lightning():  # (this process only builds configs; each trial process logs as mlplab fit does)
+        print(
+            f"mlplab tune: study {options.study!r} in {shown(url)}: {counted_trials(study)}/{options.n_trials} trials so far; "
+            f"{options.workers} at a time here; trials in {folder}/trial_NNNN. Other processes join with the same --study and --storage.",
+            flush=True,
+        )
+        optuna.storages.fail_stale_trials(study)  # trials of a process that died (missed heartbeats) count as failed
+        try:
+            if counted_trials(study) < options.n_trials:
+                study.optimize(
+                    tune.objective,
+                    n_jobs=options.workers,
+                    timeout=options.timeout,
+                    callbacks=[optuna.study.MaxTrialsCallback(options.n_trials, states=COUNTED_STATES)],
+                )
+        except KeyboardInterrupt:
+            tune.interrupted.set()
+        report.finish(study, space, folder, fit_args, base_config, options, interrupted=tune.interrupted.is_set())

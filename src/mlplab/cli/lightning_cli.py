@@ -40,6 +40,7 @@ from mlplab.cli.messages import describe_instantiation_error
 from mlplab.cli.run_logging import RunLogging
 from mlplab.data.in_memory import InMemoryDataModule
 from mlplab.errors import ConfigError, DataError, MLPLabError
+from mlplab.grouped import keep_logged_hyperparameters
 from mlplab.lit_mlp import LitMLP
 
 
@@ -196,11 +197,7 @@ class MLPLabCLI(RunLogging):
             return
         callback = self.trainer.checkpoint_callback
         best = callback.best_model_path if callback is not None else ""
-        # The hparams (and TensorBoard's placeholder hp_metric=-1) were logged when fit started; logging them
-        # again for this test stage, into the same run, would overwrite the run's hp_metric.
-        for component in (self.model, self.datamodule):
-            if component is not None:
-                component._log_hyperparams = False
+        keep_logged_hyperparameters(self.model, self.datamodule)  # (logged when fit started)
         self.trainer.test(self.model, datamodule=self.datamodule, ckpt_path=best or None, verbose=False)
         self._print_result(best or "none (current weights)")
 

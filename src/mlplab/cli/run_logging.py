@@ -28,7 +28,7 @@ from mlplab.cli.run_folders import (
     remove_empty_parents,
     training_run_of,
 )
-from mlplab.grouped import set_logger_step
+from mlplab.grouped import keep_logged_hyperparameters, set_logger_step
 
 
 class RunLogging(LightningCLI):
@@ -87,9 +87,7 @@ class RunLogging(LightningCLI):
         checkpoint = torch.load(self._option("ckpt_path"), map_location="cpu", weights_only=True)
         # where the fit's own test after fit logs: its optimizer steps
         set_logger_step(self.trainer, int(checkpoint.get("global_step", 0)))
-        for component in (self.model, self.datamodule):
-            # (private LightningModule/DataModule flag; Lightning has no public switch after construction)
-            component._log_hyperparams = False  # TensorBoard's hparams entry of the run keeps the fit's hp_metric
+        keep_logged_hyperparameters(self.model, self.datamodule)
 
     def before_validate(self) -> None:
         self._continue_training_run_steps()

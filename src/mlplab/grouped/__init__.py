@@ -30,7 +30,13 @@ def check_lightning_version(version: str = lightning.__version__) -> None:
         )
 
 
-from mlplab.grouped.loop import GroupedTrainingEpochLoop, epoch_ran_to_its_end, install_grouped_loop, set_logger_step  # noqa: E402
+from mlplab.grouped.loop import (  # noqa: E402
+    GroupedTrainingEpochLoop,
+    epoch_ran_to_its_end,
+    install_grouped_loop,
+    keep_logged_hyperparameters,
+    set_logger_step,
+)
 from mlplab.grouped.steps import GroupedSteps  # noqa: E402
 
 __all__ = [
@@ -40,5 +46,6 @@ __all__ = [
     "check_lightning_version",
     "epoch_ran_to_its_end",
     "install_grouped_loop",
+    "keep_logged_hyperparameters",
     "set_logger_step",
 ]

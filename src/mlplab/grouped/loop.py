@@ -170,6 +170,18 @@ def set_logger_step(trainer: Trainer, step: int) -> None:
     trainer.fit_loop.epoch_loop._batches_that_stepped = step
 
 
+def keep_logged_hyperparameters(*components: Any) -> None:
+    """Stop the Trainer logging the hparams of these modules/DataModules again (its TensorBoard entry keeps the fit's hp_metric).
+
+    Lightning logs them (with a placeholder ``hp_metric=-1``) at the start of every stage; a test or validate
+    logged into the fit's own run would overwrite the fit's entry.
+    """
+    for component in components:
+        if component is not None:
+            # private LightningModule/DataModule flag: Lightning has no public switch once they are built
+            component._log_hyperparams = False
+
+
 def install_grouped_loop(trainer: Trainer) -> None:
     """Give ``trainer`` the grouped epoch loop (its state, counters and restored progress stay as they are)."""
     epoch_loop = trainer.fit_loop.epoch_loop

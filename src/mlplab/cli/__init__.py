@@ -49,12 +49,12 @@ def main(args: Sequence[str] | None = None, extra_callbacks: Sequence[Callback] 
         else:
             MLPLabCLI(args=None if args is None else argv, extra_callbacks=extra_callbacks)
     except RuntimeError as err:
-        if not LOST_PEER.search(str(err)):
+        lost_peer = LOST_PEER.search(str(err))
+        if lost_peer is None:
             raise
         # torch.distributed's report when another process of the run died: a traceback from inside backward()
-        reason = LOST_PEER.search(str(err))[0]
         print(
-            f"mlplab: error: another process of this distributed run stopped ({reason}); this one cannot go on without it. "
+            f"mlplab: error: another process of this distributed run stopped ({lost_peer[0]}); this one cannot go on without it. "
             "Start every node again with --ckpt_path last: all of them resume from the run's last.ckpt.",
             file=sys.stderr,
         )

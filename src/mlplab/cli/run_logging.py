@@ -82,7 +82,7 @@ class RunLogging(LightningCLI):
 
     def _continue_training_run_steps(self) -> None:
         """Log this validate/test at the step the checkpoint's fit reached, so its metrics sit at the end of the run's curves."""
-        if getattr(self, "training_run", None) is None:
+        if self.training_run is None:
             return
         checkpoint = torch.load(self._option("ckpt_path"), map_location="cpu", weights_only=True)
         # where the fit's own test after fit logs: its optimizer steps

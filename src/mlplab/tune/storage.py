@@ -48,14 +48,13 @@ def open_storage(url: str, heartbeat_interval: int | None = None) -> optuna.stor
     while True:
         try:
             return optuna.storages.RDBStorage(url, engine_kwargs, heartbeat_interval=heartbeat_interval, grace_period=grace_period)
-        except TABLE_CREATION_RACE:
-            # processes that join an empty database at the same moment all create Optuna's tables; the losers of
-            # that race fail on a duplicate table or type, and find the tables there when they try again
-            if attempt == CREATE_ATTEMPTS:
-                raise
-            attempt += 1
-            time.sleep(1.0 + random.random())
         except (sqlalchemy.exc.SQLAlchemyError, ImportError, ValueError) as err:
+            if isinstance(err, TABLE_CREATION_RACE) and attempt < CREATE_ATTEMPTS:
+                # processes that join an empty database at the same moment all create Optuna's tables; the losers of
+                # that race fail on a duplicate table or type, and find the tables there when they try again
+                attempt += 1
+                time.sleep(1.0 + random.random())
+                continue
             reason = str(getattr(err, "orig", None) or err).strip().splitlines()[0]
             raise ConfigError(
                 f"--storage {shown(url)!r} cannot be opened: {reason}. Give an SQLAlchemy URL that this machine can reach "

@@ -80,7 +80,8 @@ class GroupedTrainingEpochLoop(_TrainingEpochLoop):
                 self._skip_next_val = True
                 return None
             self.val_loop.increment_progress_to_evaluation_end()
-        self.val_loop.restarting = False
+        if self.val_loop.restarting:  # (Lightning resets it every batch; its setter walks every attribute of the loop)
+            self.val_loop.restarting = False
         if trainer.world_size > 1:
             self._broadcast_sigterm_tensor()
 
@@ -89,8 +90,7 @@ class GroupedTrainingEpochLoop(_TrainingEpochLoop):
         # the rest of Lightning's advance, for this one batch
         self.batch_progress.increment_ready()
         trainer._logger_connector.on_batch_start(batch)
-        self._dispatch("on_train_batch_start", module, batch, batch_idx)
-        response = self._module_hook("on_train_batch_start", module, batch, batch_idx)
+        response = self._call_hook("on_train_batch_start", module, batch, batch_idx)
         trainer.strategy.on_train_batch_start(batch, batch_idx)
         if response == -1:  # the module asks to skip the rest of the epoch
             self.batch_progress.increment_by(0, is_last_batch=True)
@@ -101,8 +101,7 @@ class GroupedTrainingEpochLoop(_TrainingEpochLoop):
             kwargs = OrderedDict(batch=batch, batch_idx=batch_idx) if self.takes_batch_idx else OrderedDict(batch=batch)
             output = self.manual_optimization.run(kwargs)
         self.batch_progress.increment_processed()
-        self._dispatch("on_train_batch_end", module, output, batch, batch_idx)
-        self._module_hook("on_train_batch_end", module, output, batch, batch_idx)
+        self._call_hook("on_train_batch_end", module, output, batch, batch_idx)
         connector = trainer._logger_connector
         if self.position == len(self.group):
             connector.on_batch_end()
@@ -110,7 +109,7 @@ class GroupedTrainingEpochLoop(_TrainingEpochLoop):
             # on_batch_end also refreshes the connector's cached metric dicts, which its callback_metrics,
             # logged_metrics and progress_bar_metrics properties recompute on every read while the fit runs:
             # once per group is enough (it costs about as much as a tenth of a small MLP's step)
-            trainer._results.batch = trainer._results.batch_size = None
+            self._results.batch = self._results.batch_size = None
         self.batch_progress.increment_completed()
         # update_train_step_metrics without its accumulation test (this loop never accumulates)
         if connector.should_update_logs or trainer.fast_dev_run:
@@ -142,25 +141,21 @@ class GroupedTrainingEpochLoop(_TrainingEpochLoop):
         # what Lightning's _build_kwargs finds in training_step's signature at every batch
         self.takes_batch_idx = "batch_idx" in self._build_kwargs(OrderedDict(), None, 0)
 
-    def _dispatch(self, hook: str, module: LightningModule, *args: Any) -> None:
-        """``call._call_callback_hooks`` for the callbacks that override ``hook`` (the others would do nothing)."""
-        callbacks = self.hooked[hook]
-        if not callbacks:
-            return
-        previous = module._current_fx_name
-        module._current_fx_name = hook  # what self.log inside a callback hook checks, as Lightning sets it
-        for callback in callbacks:
-            getattr(callback, hook)(self.trainer, module, *args)
-        module._current_fx_name = previous
+    def _call_hook(self, hook: str, module: LightningModule, *args: Any) -> Any:
+        """Lightning's ``call._call_callback_hooks`` then ``call._call_lightning_module_hook`` for one per-batch hook.
 
-    def _module_hook(self, hook: str, module: LightningModule, *args: Any) -> Any:
-        """``call._call_lightning_module_hook`` for a hook the module overrides (Lightning's defaults do nothing)."""
-        if not self.module_hooked[hook]:
+        Only the callbacks that override ``hook`` are called (the others would do nothing), then the
+        module's hook if it overrides Lightning's (which does nothing); returns the module's answer.
+        """
+        callbacks, module_overrides = self.hooked[hook], self.module_hooked[hook]
+        if not callbacks and not module_overrides:
             return None
         previous = module._current_fx_name
-        module._current_fx_name = hook
+        module._current_fx_name = hook  # what self.log inside the hook checks, as Lightning sets it (once for both here)
         try:
-            return getattr(module, hook)(*args)
+            for callback in callbacks:
+                getattr(callback, hook)(self.trainer, module, *args)
+            return getattr(module, hook)(*args) if module_overrides else None
         finally:
             module._current_fx_name = previous
 

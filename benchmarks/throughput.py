@@ -4,27 +4,29 @@ One epoch = one pass over the 55k training split (batch 256 for seed 000's model
 accuracy pass over the 5k validation split, for all three:
 
 (a) seed pipeline: torchvision ``FashionMNIST``/``MNIST`` + ``ToTensor`` + ``DataLoader`` + plain loop;
-(b) the floor: a hand-written eager loop over in-memory tensors (randperm + slicing);
+(b) the floor: a hand-written eager loop over in-memory tensors (randperm + slicing), training
+    the same network from the same initialisation scheme as (c);
 (c) mlplab: ``LitMLP`` + the DataModule under a Trainer built by the ``mlplab`` CLI, with its
     default callbacks (checkpointing, early stopping, LR monitor, image grid), TensorBoard
     logging, torchmetrics metrics and the progress bar.
 
-The three run alternately, ``--repeats`` times, in this one process; the median seconds per
-epoch (the first epoch of each run is a warm-up and not counted) and peak RSS are printed, with
-the ratios c/b and a/c, and the same ratios paired within each repetition (robust to a machine
-whose speed drifts over minutes; see ``paired_ratios``). ``--breakdown`` then runs (c) once more
-with timers around its phases (training steps, batch gathering, metric updates, validation loop,
-checkpoint writes) and prints milliseconds per epoch for each, the rest being Lightning's loop,
-callbacks and logging. Usage::
+Each repetition runs (a), then one fit of (c) during which (b) trains one epoch right before each
+of (c)'s epochs (from a hook at (c)'s epoch start, outside (c)'s clock): the two alternate epoch
+by epoch, so they share the machine's speed of that moment (these machines are shared and their
+speed drifts over minutes). The median seconds per epoch (the first epoch of each run is a
+warm-up and not counted) and peak RSS are printed, with the ratios c/b and a/c, then c/b paired
+epoch by epoch and a/c paired per repetition (see ``paired_ratios``). ``--breakdown`` then runs
+(c) once more with timers around its phases (training steps, batch gathering, metric updates,
+validation loop, checkpoint writes) and prints milliseconds per epoch for each, the rest being
+Lightning's loop, callbacks and logging. Usage::
 
-    python benchmarks/throughput.py --repeats 3 --epochs 3 [--breakdown]
+    python benchmarks/throughput.py --repeats 3 --epochs 5 [--breakdown]
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
-import itertools
 import resource
 import statistics
 import sys
@@ -45,69 +47,66 @@ from mlplab.cli import MLPLabCLI
 from mlplab.data import DATAMODULES, TensorBatchLoader
 
 MODELS = {
-    # name: (config, data set, batch size, hidden dims, dropout, optimizer, lr)
-    "seed000 784-256-10 SGD": ("configs/seeds/d2l_fashion_mlp.yaml", "fashion_mnist", 256, [256], 0.0, torch.optim.SGD, 0.1),
-    "default MNIST 784-512-256-10 Adam": ("configs/mnist.yaml", "mnist", 128, [512, 256], 0.2, torch.optim.Adam, 1e-3),
+    # name: (config, data set, batch size, hidden dims, dropout, weight init std (None: PyTorch's default), optimizer, lr)
+    "seed000 784-256-10 SGD": ("configs/seeds/d2l_fashion_mlp.yaml", "fashion_mnist", 256, [256], 0.0, 0.01, torch.optim.SGD, 0.1),
+    "default MNIST 784-512-256-10 Adam": ("configs/mnist.yaml", "mnist", 128, [512, 256], 0.2, None, torch.optim.Adam, 1e-3),
 }
 
 
-def plain_model(hidden: list[int], dropout: float) -> nn.Module:
+def plain_model(hidden: list[int], dropout: float, init_std: float | None) -> nn.Module:
+    """The network of the config, initialised as the config says (``init: normal``: weights from N(0, init_std²)).
+
+    The same arithmetic runs at a speed that depends on the values (on this CPU seed 000's N(0, 0.01²)
+    weights train about 3 % slower than PyTorch's default initialisation), so (b) starts where (c) starts.
+    """
     layers: list[nn.Module] = [nn.Flatten()]
     width = 784
     for h in hidden:
         layers += [nn.Linear(width, h), nn.ReLU()] + ([nn.Dropout(dropout)] if dropout else [])
         width = h
-    return nn.Sequential(*layers, nn.Linear(width, 10))
+    model = nn.Sequential(*layers, nn.Linear(width, 10))
+    if init_std is not None:
+        for layer in model:
+            if isinstance(layer, nn.Linear):
+                nn.init.normal_(layer.weight, 0.0, init_std)
+    return model
 
 
-def time_epochs(module) -> list[float]:
-    """Record when each train epoch starts (and fit ends) by wrapping the module's own hooks.
+class PlainLoop:
+    """The plain loop of (a) and (b), one epoch per call: they differ only in where batches come from."""
 
-    A timing Callback would itself add to the per-step hook dispatch being measured; the
-    module's hooks are dispatched anyway.
-    """
-    starts: list[float] = []
-    for hook in ("on_train_epoch_start", "on_fit_end"):
-        original = getattr(module, hook)
+    def __init__(self, model: nn.Module, opt: type, lr: float, train_batches: Callable, val_batches: Callable) -> None:
+        self.model, self.train_batches, self.val_batches = model, train_batches, val_batches
+        self.loss_fn, self.optimizer = nn.CrossEntropyLoss(), opt(model.parameters(), lr=lr)
 
-        def timed(*args, _original=original, **kwargs):
-            starts.append(time.perf_counter())
-            return _original(*args, **kwargs)
-
-        setattr(module, hook, timed)
-    return starts
-
-
-def train_epochs(model: nn.Module, opt: type, lr: float, epochs: int, train_batches: Callable, val_batches: Callable) -> list[float]:
-    """The plain loop of (a) and (b): they differ only in where batches come from."""
-    loss_fn, optimizer = nn.CrossEntropyLoss(), opt(model.parameters(), lr=lr)
-    times = []
-    for _ in range(epochs):
+    def epoch(self) -> float:
+        """Train one epoch and count the validation split's correct predictions; returns the seconds it took."""
+        model, optimizer = self.model, self.optimizer
         start = time.perf_counter()
         model.train()
-        for x, y in train_batches():
+        for x, y in self.train_batches():
             optimizer.zero_grad()
-            loss_fn(model(x), y).backward()
+            self.loss_fn(model(x), y).backward()
             optimizer.step()
         model.eval()
         with torch.no_grad():
-            correct = sum((model(x).argmax(1) == y).sum().item() for x, y in val_batches())
-        times.append(time.perf_counter() - start)
+            correct = sum((model(x).argmax(1) == y).sum().item() for x, y in self.val_batches())
+        seconds = time.perf_counter() - start
         assert 0 <= correct <= 5000
-    return times
+        return seconds
 
 
-def run_seed_pipeline(dataset: str, batch: int, model: nn.Module, opt: type, lr: float, epochs: int, dm) -> list[float]:
+def seed_pipeline(dataset: str, batch: int, model: nn.Module, opt: type, lr: float, dm) -> PlainLoop:
     """(a) torchvision dataset + ToTensor + DataLoader, as the seeds do (same train/val split as mlplab)."""
     cls = torchvision.datasets.FashionMNIST if dataset == "fashion_mnist" else torchvision.datasets.MNIST
     full = cls(root="data", train=True, transform=torchvision.transforms.ToTensor(), download=False)
     order = torch.randperm(len(full), generator=torch.Generator().manual_seed(dm.hparams.seed))
     train, val = Subset(full, order[5000:].tolist()), Subset(full, order[:5000].tolist())
     train_loader, val_loader = DataLoader(train, batch_size=batch, shuffle=True), DataLoader(val, batch_size=batch)
-    return train_epochs(model, opt, lr, epochs, lambda: train_loader, lambda: val_loader)
+    return PlainLoop(model, opt, lr, lambda: train_loader, lambda: val_loader)
 
 
-def run_hand_written(batch: int, model: nn.Module, opt: type, lr: float, epochs: int, dm) -> list[float]:
+def hand_written(batch: int, model: nn.Module, opt: type, lr: float, dm) -> PlainLoop:
     """(b) the floor: slices of in-memory tensors."""
     (x_train, y_train), (x_val, y_val) = dm.splits["train"], dm.splits["val"]
 
@@ -118,7 +117,33 @@ def run_hand_written(batch: int, model: nn.Module, opt: type, lr: float, epochs:
     def val_batches():
         return ((x_val[i : i + batch], y_val[i : i + batch]) for i in range(0, len(x_val), batch))
 
-    return train_epochs(model, opt, lr, epochs, train_batches, val_batches)
+    return PlainLoop(model, opt, lr, train_batches, val_batches)
+
+
+def time_epochs(module, before_epoch: Callable[[], None] | None = None) -> list[list[float]]:
+    """Record each train epoch's [start, end] by wrapping the module's own hooks; ``before_epoch`` runs off the clock.
+
+    An epoch runs from its ``on_train_epoch_start`` to the next one's (or to ``on_fit_end``), so its
+    validation, checkpoints and logging count. A timing Callback would itself add to the per-step
+    hook dispatch being measured; the module's hooks are dispatched anyway.
+    """
+    epochs: list[list[float]] = []
+    original_start, original_end = module.on_train_epoch_start, module.on_fit_end
+
+    def epoch_start() -> None:
+        if epochs:
+            epochs[-1].append(time.perf_counter())
+        if before_epoch is not None:
+            before_epoch()
+        epochs.append([time.perf_counter()])
+        original_start()
+
+    def fit_end() -> None:
+        epochs[-1].append(time.perf_counter())
+        original_end()
+
+    module.on_train_epoch_start, module.on_fit_end = epoch_start, fit_end
+    return epochs
 
 
 def mlplab_cli(config: str, epochs: int, logs: str, *extra: str) -> MLPLabCLI:
@@ -136,13 +161,16 @@ def mlplab_cli(config: str, epochs: int, logs: str, *extra: str) -> MLPLabCLI:
     )
 
 
-def run_mlplab(config: str, epochs: int, *extra: str) -> list[float]:
-    """Epoch wall times (from one train-epoch start to the next: validation and checkpointing included)."""
+def run_mlplab(config: str, epochs: int, *extra: str, before_epoch: Callable[[], None] | None = None) -> list[float]:
+    """Epoch wall times (from one train-epoch start to the next: validation and checkpointing included).
+
+    ``before_epoch`` runs at each epoch's start, off the clock (the interleaved (b) epochs).
+    """
     with tempfile.TemporaryDirectory() as logs:
         cli = mlplab_cli(config, epochs, logs, *extra)
-        starts = time_epochs(cli.model)
+        timed = time_epochs(cli.model, before_epoch)
         cli.trainer.fit(cli.model, datamodule=cli.datamodule)
-    return [b - a for a, b in itertools.pairwise(starts)]
+    return [end - start for start, end in timed]
 
 
 TRAINING_STEP = "training_step: forward, backward, optimizer step, per-step bookkeeping"
@@ -198,18 +226,11 @@ def print_breakdown(config: str, epochs: int) -> None:
     warm_up: dict[str, float] = {}
     with phase_timers(totals), tempfile.TemporaryDirectory() as logs:
         cli = mlplab_cli(config, epochs, logs)
-        starts = time_epochs(cli.model)
-        original_start = cli.model.on_train_epoch_start
-
-        def snapshot_after_warm_up() -> None:
-            original_start()
-            if len(starts) == 2:  # the second epoch begins: what was spent so far is warm-up
-                warm_up.update(totals)
-
-        cli.model.on_train_epoch_start = snapshot_after_warm_up
+        # at the second epoch's start, what was spent so far is warm-up
+        timed = time_epochs(cli.model, before_epoch=lambda: warm_up.update(totals) if len(timed) == 1 else None)
         cli.trainer.fit(cli.model, datamodule=cli.datamodule)
-    counted = len(starts) - 2
-    epoch_ms = (starts[-1] - starts[1]) / counted * 1e3
+    counted = len(timed) - 1
+    epoch_ms = sum(end - start for start, end in timed[1:]) / counted * 1e3
     print(f"  breakdown of (c), ms per epoch over {counted} epochs ({epoch_ms:.1f} ms in all):")
     phases = {name: (totals[name] - warm_up.get(name, 0.0)) / counted * 1e3 for name in totals}
     for name, value in sorted(phases.items(), key=lambda item: -item[1]):
@@ -217,16 +238,14 @@ def print_breakdown(config: str, epochs: int) -> None:
     print(f"    {epoch_ms - sum(phases.values()):7.1f}  the rest: Lightning's loop, callbacks, progress bar, TensorBoard")
 
 
-def paired_ratios(numerator_runs: list[list[float]], denominator_runs: list[list[float]], label: str) -> str:
-    """Median (and range) over repetitions of the ratio of two runs' median epochs in the same repetition.
+def paired_ratios(numerators: list[float], denominators: list[float], label: str) -> str:
+    """Median (and range) of the ratios of paired timings: epochs run back to back, or runs of one repetition.
 
     On a shared machine whose speed drifts over minutes (seen: mlplab's epochs from 0.43 to
-    0.95 s in one benchmark run), the pooled medians above mix fast and slow spells; two runs of
-    the same repetition, made seconds apart ((b) right before (c); (a) before both), mostly share
-    their spell, so their ratio cancels much of it (not all: one benchmark run's paired c/b still
-    ranged from 0.93 to 1.49 over its repetitions).
+    0.95 s in one benchmark run), the pooled medians above mix fast and slow spells; a (c) epoch
+    and the (b) epoch run just before it share their spell, so their ratio cancels most of it.
     """
-    ratios = [statistics.median(a) / statistics.median(b) for a, b in zip(numerator_runs, denominator_runs, strict=True)]
+    ratios = [a / b for a, b in zip(numerators, denominators, strict=True)]
     return f"{label} = {statistics.median(ratios):.3f} (range {min(ratios):.3f}-{max(ratios):.3f})"
 
 
@@ -237,7 +256,7 @@ def peak_rss_mib() -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--epochs", type=int, default=3, help="epochs per run; the first is a warm-up")
+    parser.add_argument("--epochs", type=int, default=5, help="epochs per run; the first is a warm-up")
     parser.add_argument("--models", nargs="*", default=list(MODELS))
     parser.add_argument("--compile", action="store_true", help="also time (d) mlplab fit --model.compile=true")
     parser.add_argument("--breakdown", action="store_true", help="then time the phases of one more (c) run")
@@ -247,20 +266,21 @@ def main() -> None:
         f"torch {torch.__version__}, {torch.get_num_threads()} threads, repeats={args.repeats}, epochs/run={args.epochs} (first not counted)"
     )
     for name in args.models:
-        config, dataset, batch, hidden, dropout, opt, lr = MODELS[name]
+        config, dataset, batch, hidden, dropout, init_std, opt, lr = MODELS[name]
         dm = DATAMODULES[dataset](batch_size=batch, normalize="none")
         dm.setup()
-        runners: dict[str, Callable[[], list[float]]] = {
-            "a_seed_pipeline": lambda: run_seed_pipeline(dataset, batch, plain_model(hidden, dropout), opt, lr, args.epochs, dm),
-            "b_hand_written": lambda: run_hand_written(batch, plain_model(hidden, dropout), opt, lr, args.epochs, dm),
-            "c_mlplab_fit": lambda: run_mlplab(config, args.epochs),
-        }
+        runs: dict[str, list[list[float]]] = {key: [] for key in ("a_seed_pipeline", "b_hand_written", "c_mlplab_fit")}
         if args.compile:
-            runners["d_mlplab_compiled"] = lambda: run_mlplab(config, args.epochs, "--model.compile=true")
-        runs: dict[str, list[list[float]]] = {key: [] for key in runners}
+            runs["d_mlplab_compiled"] = []
         for _ in range(args.repeats):
-            for key, runner in runners.items():  # alternate, so drifts in machine load hit all three alike
-                runs[key].append(runner()[1:])
+            seed_loop = seed_pipeline(dataset, batch, plain_model(hidden, dropout, init_std), opt, lr, dm)
+            runs["a_seed_pipeline"].append([seed_loop.epoch() for _ in range(args.epochs)][1:])
+            plain_loop, plain_epochs = hand_written(batch, plain_model(hidden, dropout, init_std), opt, lr, dm), []
+            fit_epochs = run_mlplab(config, args.epochs, before_epoch=lambda loop=plain_loop, out=plain_epochs: out.append(loop.epoch()))
+            runs["b_hand_written"].append(plain_epochs[1:])
+            runs["c_mlplab_fit"].append(fit_epochs[1:])
+            if args.compile:
+                runs["d_mlplab_compiled"].append(run_mlplab(config, args.epochs, "--model.compile=true")[1:])
         samples = {key: [epoch for run in key_runs for epoch in run] for key, key_runs in runs.items()}
         median = {key: statistics.median(values) for key, values in samples.items()}
         print(f"\n{name} (batch {batch}, {len(dm.splits['train'][0])} train + {len(dm.splits['val'][0])} val samples/epoch)")
@@ -270,9 +290,10 @@ def main() -> None:
         print(
             f"  ratio c/b = {median['c_mlplab_fit'] / median['b_hand_written']:.3f}   ratio a/c = {median['a_seed_pipeline'] / median['c_mlplab_fit']:.2f}"
         )
+        run_medians = {key: [statistics.median(run) for run in key_runs] for key, key_runs in runs.items()}
         print(
-            f"  paired, per repetition: {paired_ratios(runs['c_mlplab_fit'], runs['b_hand_written'], 'c/b')}"
-            f"   {paired_ratios(runs['a_seed_pipeline'], runs['c_mlplab_fit'], 'a/c')}"
+            f"  paired: {paired_ratios(samples['c_mlplab_fit'], samples['b_hand_written'], 'c/b per epoch pair')}"
+            f"   {paired_ratios(run_medians['a_seed_pipeline'], run_medians['c_mlplab_fit'], 'a/c per repetition')}"
         )
         if args.compile:
             print(f"  ratio d/c = {median['d_mlplab_compiled'] / median['c_mlplab_fit']:.3f} (compiled vs eager mlplab)")

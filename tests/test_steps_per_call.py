@@ -151,6 +151,19 @@ def test_plain_backward_and_step_when_nothing_needs_the_hooks(tiny_dm_factory, t
     assert trainer.global_step == 7  # the manual loop's step counter still counts every update
     assert trainer.callback_metrics["train/grad_norm"].item() > 0  # the module's own hook still runs
 
+    assert trainer.fit_loop.epoch_loop.calls_training_step_directly  # one device, no profiler: no wrappers around the call
+
+
+def test_a_profiled_fit_times_lightnings_training_step_scopes_and_trains_the_same(tiny_dm_factory, tmp_path):
+    # with a profiler the grouped loop goes through Lightning's own manual-optimization run, whose scopes it times
+    plain, _ = train(tiny_dm_factory, tmp_path / "plain", 4, epochs=2)
+    profiled, trainer = train(tiny_dm_factory, tmp_path / "profiled", 4, epochs=2, trainer_kwargs={"profiler": "simple"})
+    assert not trainer.fit_loop.epoch_loop.calls_training_step_directly
+    recorded = trainer.profiler.recorded_durations
+    assert len(recorded["run_training_batch"]) == len(recorded["[Strategy]SingleDeviceStrategy.training_step"]) == 14
+    for (name, a), (_, b) in zip(plain.state_dict().items(), profiled.state_dict().items(), strict=True):
+        assert torch.equal(a, b), name
+
 
 @pytest.mark.parametrize("precision", ["bf16-true", "64-true"])
 def test_true_precisions_convert_every_batch_of_a_group(tiny_dm_factory, tmp_path, precision):

@@ -21,12 +21,17 @@ and its counters); :func:`mlplab.grouped.check_lightning_version` guards the rel
 from __future__ import annotations
 
 from collections import OrderedDict
+from contextlib import suppress
 from typing import Any
 
 from lightning.pytorch import Callback, LightningModule, Trainer
+from lightning.pytorch.loops.optimization.manual import ManualResult
 from lightning.pytorch.loops.training_epoch_loop import _TrainingEpochLoop
+from lightning.pytorch.profilers import PassThroughProfiler
+from lightning.pytorch.strategies import SingleDeviceStrategy
 from lightning.pytorch.trainer import call
 from lightning.pytorch.utilities.model_helpers import is_overridden
+from torch import nn
 
 from mlplab.data.loader import BatchGroup
 
@@ -97,9 +102,7 @@ class GroupedTrainingEpochLoop(_TrainingEpochLoop):
             self.batch_progress.increment_processed()
             raise StopIteration
         self.batch_progress.increment_started()
-        with trainer.profiler.profile("run_training_batch"):
-            kwargs = OrderedDict(batch=batch, batch_idx=batch_idx) if self.takes_batch_idx else OrderedDict(batch=batch)
-            output = self.manual_optimization.run(kwargs)
+        output = self._run_training_step(module, batch, batch_idx)
         self.batch_progress.increment_processed()
         self._call_hook("on_train_batch_end", module, output, batch, batch_idx)
         connector = trainer._logger_connector
@@ -140,6 +143,36 @@ class GroupedTrainingEpochLoop(_TrainingEpochLoop):
         self.module_hooked = {hook: is_overridden(hook, module, LightningModule) for hook in PER_BATCH_HOOKS}
         # what Lightning's _build_kwargs finds in training_step's signature at every batch
         self.takes_batch_idx = "batch_idx" in self._build_kwargs(OrderedDict(), None, 0)
+        trainer = self.trainer
+        self.calls_training_step_directly = isinstance(trainer.strategy, SingleDeviceStrategy) and isinstance(
+            trainer.profiler, PassThroughProfiler
+        )
+
+    def _run_training_step(self, module: LightningModule, batch: Any, batch_idx: int) -> dict[str, Any]:
+        """Lightning's manual-optimization run of ``training_step`` on one batch; returns the outputs ``on_train_batch_end`` gets.
+
+        On one device without a profiler, the wrappers of ``_ManualOptimization.run`` around the call
+        (the strategy-hook dispatch with its debug message and profiler scopes, the strategy's
+        redirection for a wrapped model) do nothing but cost about 10 µs per batch. There the call is
+        made directly with what they do that matters: the optimizer step counter (``global_step``)
+        hooked around it, the hook name ``self.log`` checks, the precision plugin's context, and the
+        outputs converted as Lightning converts them.
+        """
+        args = (batch, batch_idx) if self.takes_batch_idx else (batch,)
+        manual = self.manual_optimization
+        if not self.calls_training_step_directly:
+            with self.trainer.profiler.profile("run_training_batch"):
+                return manual.run(OrderedDict(zip(("batch", "batch_idx"), args, strict=False)))
+        manual.on_run_start()
+        previous = module._current_fx_name
+        set_hook_name(module, "training_step")
+        output = None
+        with suppress(StopIteration), self.trainer.precision_plugin.train_step_context():  # (as Lightning's run suppresses it)
+            output = module.training_step(*args)
+        set_hook_name(module, previous)
+        manual._restarting = False
+        manual.on_run_end()
+        return ManualResult.from_training_step_output(output).asdict()
 
     def _call_hook(self, hook: str, module: LightningModule, *args: Any) -> Any:
         """Lightning's ``call._call_callback_hooks`` then ``call._call_lightning_module_hook`` for one per-batch hook.
@@ -151,13 +184,26 @@ class GroupedTrainingEpochLoop(_TrainingEpochLoop):
         if not callbacks and not module_overrides:
             return None
         previous = module._current_fx_name
-        module._current_fx_name = hook  # what self.log inside the hook checks, as Lightning sets it (once for both here)
+        set_hook_name(module, hook)  # what self.log inside the hook checks, as Lightning sets it (once for both here)
         try:
             for callback in callbacks:
                 getattr(callback, hook)(self.trainer, module, *args)
             return getattr(module, hook)(*args) if module_overrides else None
         finally:
-            module._current_fx_name = previous
+            set_hook_name(module, previous)
+
+
+def set_hook_name(module: LightningModule, name: str | None) -> None:
+    """Set the module's current hook name (``_current_fx_name``, which Lightning sets around every hook it calls).
+
+    ``nn.Module.__setattr__`` first checks whether the value is a parameter, buffer or module (about
+    2 µs; this runs six times per batch) and then sets a plain value like this name with
+    ``object.__setattr__``, which is called directly unless the module's class has its own ``__setattr__``.
+    """
+    if type(module).__setattr__ is nn.Module.__setattr__:
+        object.__setattr__(module, "_current_fx_name", name)
+    else:
+        module._current_fx_name = name
 
 
 def set_logger_step(trainer: Trainer, step: int) -> None:

@@ -27,6 +27,7 @@ from typing import Any
 from lightning.pytorch import Callback, LightningModule, Trainer
 from lightning.pytorch.loops.optimization.manual import ManualResult
 from lightning.pytorch.loops.training_epoch_loop import _TrainingEpochLoop
+from lightning.pytorch.plugins.precision import Precision
 from lightning.pytorch.profilers import PassThroughProfiler
 from lightning.pytorch.strategies import SingleDeviceStrategy
 from lightning.pytorch.trainer import call
@@ -56,7 +57,7 @@ class GroupedTrainingEpochLoop(_TrainingEpochLoop):
     group: BatchGroup | None
     position: int
     validates_this_epoch: bool | None
-    hooked: dict[str, list[Callback]]
+    per_batch_hooks: dict[str, tuple[list[Any], Any]]
 
     def reset(self) -> None:
         super().reset()
@@ -137,16 +138,23 @@ class GroupedTrainingEpochLoop(_TrainingEpochLoop):
         return batch
 
     def _find_hooks(self, module: LightningModule) -> None:
-        """Which callbacks and module hooks run per batch, and training_step's arguments (looked up once per group, not per batch)."""
-        callbacks = self.trainer.callbacks
-        self.hooked = {hook: [c for c in callbacks if is_overridden(hook, c, Callback)] for hook in PER_BATCH_HOOKS}
-        self.module_hooked = {hook: is_overridden(hook, module, LightningModule) for hook in PER_BATCH_HOOKS}
+        """Which callbacks and module hooks run per batch, and how training_step is called (looked up once per group, not per batch)."""
+        trainer = self.trainer
+        self.per_batch_hooks = {
+            hook: (
+                [getattr(callback, hook) for callback in trainer.callbacks if is_overridden(hook, callback, Callback)],
+                getattr(module, hook) if is_overridden(hook, module, LightningModule) else None,
+            )
+            for hook in PER_BATCH_HOOKS
+        }
         # what Lightning's _build_kwargs finds in training_step's signature at every batch
         self.takes_batch_idx = "batch_idx" in self._build_kwargs(OrderedDict(), None, 0)
-        trainer = self.trainer
         self.calls_training_step_directly = isinstance(trainer.strategy, SingleDeviceStrategy) and isinstance(
             trainer.profiler, PassThroughProfiler
         )
+        plugin = type(trainer.precision_plugin)  # the 32-bit plugin's train_step_context does nothing
+        plain = plugin.train_step_context is Precision.train_step_context and plugin.forward_context is Precision.forward_context
+        self.train_step_context = None if plain else trainer.precision_plugin.train_step_context
 
     def _run_training_step(self, module: LightningModule, batch: Any, batch_idx: int) -> dict[str, Any]:
         """Lightning's manual-optimization run of ``training_step`` on one batch; returns the outputs ``on_train_batch_end`` gets.
@@ -167,12 +175,16 @@ class GroupedTrainingEpochLoop(_TrainingEpochLoop):
         previous = module._current_fx_name
         set_hook_name(module, "training_step")
         output = None
-        with suppress(StopIteration), self.trainer.precision_plugin.train_step_context():  # (as Lightning's run suppresses it)
-            output = module.training_step(*args)
+        with suppress(StopIteration):  # (as Lightning's run suppresses it)
+            if self.train_step_context is None:
+                output = module.training_step(*args)
+            else:
+                with self.train_step_context():
+                    output = module.training_step(*args)
         set_hook_name(module, previous)
         manual._restarting = False
         manual.on_run_end()
-        return ManualResult.from_training_step_output(output).asdict()
+        return {} if output is None else ManualResult.from_training_step_output(output).asdict()
 
     def _call_hook(self, hook: str, module: LightningModule, *args: Any) -> Any:
         """Lightning's ``call._call_callback_hooks`` then ``call._call_lightning_module_hook`` for one per-batch hook.
@@ -180,15 +192,16 @@ class GroupedTrainingEpochLoop(_TrainingEpochLoop):
         Only the callbacks that override ``hook`` are called (the others would do nothing), then the
         module's hook if it overrides Lightning's (which does nothing); returns the module's answer.
         """
-        callbacks, module_overrides = self.hooked[hook], self.module_hooked[hook]
-        if not callbacks and not module_overrides:
+        callbacks, module_hook = self.per_batch_hooks[hook]
+        if not callbacks and module_hook is None:
             return None
         previous = module._current_fx_name
         set_hook_name(module, hook)  # what self.log inside the hook checks, as Lightning sets it (once for both here)
         try:
-            for callback in callbacks:
-                getattr(callback, hook)(self.trainer, module, *args)
-            return getattr(module, hook)(*args) if module_overrides else None
+            trainer = self.trainer
+            for callback_hook in callbacks:
+                callback_hook(trainer, module, *args)
+            return None if module_hook is None else module_hook(*args)
         finally:
             set_hook_name(module, previous)
 

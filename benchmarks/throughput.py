@@ -16,7 +16,7 @@ by epoch, so they share the machine's speed of that moment (these machines are s
 speed drifts over minutes). The median seconds per epoch (the first epoch of each run is a
 warm-up and not counted) and peak RSS are printed, with the ratios c/b and a/c, then c/b paired
 epoch by epoch and a/c paired per repetition (see ``paired_ratios``). ``--breakdown`` then runs
-(c) once more with timers around its phases (training steps, batch gathering, metric updates,
+(c) once more with timers around its phases (training steps, batch gathering, per-batch hooks,
 validation loop, checkpoint writes) and prints milliseconds per epoch for each, the rest being
 Lightning's loop, callbacks and logging. Usage::
 
@@ -45,6 +45,7 @@ from torch.utils.data import DataLoader, Subset
 from mlplab import LitMLP
 from mlplab.cli import MLPLabCLI
 from mlplab.data import DATAMODULES, TensorBatchLoader
+from mlplab.grouped import GroupedTrainingEpochLoop
 
 MODELS = {
     # name: (config, data set, batch size, hidden dims, dropout, weight init std (None: PyTorch's default), optimizer, lr)
@@ -177,7 +178,8 @@ TRAINING_STEP = "training_step: forward, backward, optimizer step, per-step book
 GATHER = "gathering training batches (index_select)"
 PHASES = {
     TRAINING_STEP: (LitMLP, "training_step"),
-    "train metric updates and finiteness check (every steps_per_call steps)": (LitMLP, "on_train_batch_end"),
+    # (LitMLP.on_train_batch_end, the finiteness check every steps_per_call steps, runs inside it)
+    "per-batch hooks: progress bar, LR monitor, checkpoint callbacks, the module's": (GroupedTrainingEpochLoop, "_call_hook"),
     "train epoch-end metrics and logging": (LitMLP, "on_train_epoch_end"),
     "validation loop (all of it)": (_EvaluationLoop, "run"),
     "checkpoint writes": (Trainer, "save_checkpoint"),

@@ -7,6 +7,7 @@ import torch
 from lightning.pytorch import Callback, seed_everything
 from lightning.pytorch.callbacks import EMAWeightAveraging, ModelCheckpoint
 from lightning.pytorch.loggers import TensorBoardLogger
+from lightning.pytorch.strategies import SingleDeviceStrategy
 
 from mlplab import FusedEMAWeightAveraging, LitMLP, stage_metrics
 from mlplab.callbacks import TrainBatchImageGrid
@@ -163,6 +164,19 @@ def test_a_profiled_fit_times_lightnings_training_step_scopes_and_trains_the_sam
     assert len(recorded["run_training_batch"]) == len(recorded["[Strategy]SingleDeviceStrategy.training_step"]) == 14
     for (name, a), (_, b) in zip(plain.state_dict().items(), profiled.state_dict().items(), strict=True):
         assert torch.equal(a, b), name
+
+
+def test_a_strategy_with_its_own_training_step_is_called_for_every_batch(tiny_dm_factory, tmp_path):
+    calls = []
+
+    class CountingStrategy(SingleDeviceStrategy):
+        def training_step(self, *args, **kwargs):
+            calls.append(args[1])  # batch_idx
+            return super().training_step(*args, **kwargs)
+
+    _, trainer = train(tiny_dm_factory, tmp_path, 4, epochs=1, trainer_kwargs={"strategy": CountingStrategy(device=torch.device("cpu"))})
+    assert not trainer.fit_loop.epoch_loop.calls_training_step_directly
+    assert calls == list(range(7))
 
 
 @pytest.mark.parametrize("precision", ["bf16-true", "64-true"])

@@ -29,7 +29,7 @@ from lightning.pytorch.loops.optimization.manual import ManualResult
 from lightning.pytorch.loops.training_epoch_loop import _TrainingEpochLoop
 from lightning.pytorch.plugins.precision import Precision
 from lightning.pytorch.profilers import PassThroughProfiler
-from lightning.pytorch.strategies import SingleDeviceStrategy
+from lightning.pytorch.strategies import SingleDeviceStrategy, Strategy
 from lightning.pytorch.trainer import call
 from lightning.pytorch.utilities.model_helpers import is_overridden
 from torch import nn
@@ -149,8 +149,12 @@ class GroupedTrainingEpochLoop(_TrainingEpochLoop):
         }
         # what Lightning's _build_kwargs finds in training_step's signature at every batch
         self.takes_batch_idx = "batch_idx" in self._build_kwargs(OrderedDict(), None, 0)
-        self.calls_training_step_directly = isinstance(trainer.strategy, SingleDeviceStrategy) and isinstance(
-            trainer.profiler, PassThroughProfiler
+        strategy = type(trainer.strategy)  # one device, and a strategy class that keeps Lightning's training_step
+        self.calls_training_step_directly = (
+            issubclass(strategy, SingleDeviceStrategy)
+            and strategy.training_step is Strategy.training_step
+            and strategy.post_training_step is Strategy.post_training_step
+            and isinstance(trainer.profiler, PassThroughProfiler)
         )
         plugin = type(trainer.precision_plugin)  # the 32-bit plugin's train_step_context does nothing
         plain = plugin.train_step_context is Precision.train_step_context and plugin.forward_context is Precision.forward_context

@@ -117,7 +117,7 @@ OPTIMIZERS = {
     "ASGD": {"lr": 0.1},
     "Rprop": {"lr": 1e-3},
     "NAdam": {"lr": 2e-3},
-    "RAdam": {"lr": 1e-2},
+    "RAdam": {"lr": 2e-2},  # (its rectified first steps are short: at 1e-2 three epochs end at 0.62-0.68 of the loss)
     "LBFGS": {"lr": 0.5, "max_iter": 5},
 }
 
@@ -125,6 +125,7 @@ OPTIMIZERS = {
 @pytest.mark.parametrize("name", list(OPTIMIZERS))
 def test_every_optimizer_of_seed_001_lowers_the_loss(tiny_dm_factory, tmp_path, name):
     cls = getattr(torch.optim, name.split("-")[0])
+    torch.manual_seed(0)  # the initial weights, whatever tests ran before in this process
     dm = tiny_dm_factory(batch_size=50)
     model = LitMLP(hidden_dims=[32], optimizer=functools.partial(cls, **OPTIMIZERS[name]))
     dm.setup()

@@ -113,7 +113,7 @@ class GroupedTrainingEpochLoop(_TrainingEpochLoop):
             # on_batch_end also refreshes the connector's cached metric dicts, which its callback_metrics,
             # logged_metrics and progress_bar_metrics properties recompute on every read while the fit runs:
             # once per group is enough (it costs about as much as a tenth of a small MLP's step)
-            self._results.batch = self._results.batch_size = None
+            self._results.batch = self._results.batch_size = None  # private: the epoch loop's result collection
         self.batch_progress.increment_completed()
         # update_train_step_metrics without its accumulation test (this loop never accumulates)
         if connector.should_update_logs or trainer.fast_dev_run:
@@ -175,6 +175,7 @@ class GroupedTrainingEpochLoop(_TrainingEpochLoop):
         if not self.calls_training_step_directly:
             with self.trainer.profiler.profile("run_training_batch"):
                 return manual.run(OrderedDict(zip(("batch", "batch_idx"), args, strict=False)))
+        # private: the manual-optimization loop's hooks of the optimizer step counter, set and reset around each call
         manual.on_run_start()
         previous = module._current_fx_name
         set_hook_name(module, "training_step")
@@ -186,8 +187,9 @@ class GroupedTrainingEpochLoop(_TrainingEpochLoop):
                 with self.train_step_context():
                     output = module.training_step(*args)
         set_hook_name(module, previous)
-        manual._restarting = False
+        manual._restarting = False  # private: what _ManualOptimization.run resets after its call
         manual.on_run_end()
+        # private: ManualResult (in Lightning's private loops package) is how run converts a returned loss or dict
         return {} if output is None else ManualResult.from_training_step_output(output).asdict()
 
     def _call_hook(self, hook: str, module: LightningModule, *args: Any) -> Any:

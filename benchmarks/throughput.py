@@ -14,8 +14,9 @@ Each repetition runs (a), then one fit of (c) during which (b) trains one epoch 
 of (c)'s epochs (from a hook at (c)'s epoch start, outside (c)'s clock): the two alternate epoch
 by epoch, so they share the machine's speed of that moment (these machines are shared and their
 speed drifts over minutes). The median seconds per epoch (the first epoch of each run is a
-warm-up and not counted) and peak RSS are printed, with the ratios c/b and a/c, then c/b paired
-epoch by epoch and a/c paired per repetition (see ``paired_ratios``). ``--breakdown`` then runs
+warm-up and not counted) and peak RSS are printed, with the ratios c/b, a/c and a/b (the ceiling
+of a/c for an mlplab no faster than the hand-written loop), then c/b paired epoch by epoch and a/c
+and a/b paired per repetition (see ``paired_ratios``). ``--breakdown`` then runs
 (c) once more with timers around its phases (training steps, batch gathering, per-batch hooks,
 validation loop, checkpoint writes) and prints milliseconds per epoch for each, the rest being
 Lightning's loop, callbacks and logging. Usage::
@@ -291,11 +292,13 @@ def main() -> None:
             print(f"  {key:16s} {value:7.3f} s/epoch  ({len(samples[key])} epochs, {spread})")
         print(
             f"  ratio c/b = {median['c_mlplab_fit'] / median['b_hand_written']:.3f}   ratio a/c = {median['a_seed_pipeline'] / median['c_mlplab_fit']:.2f}"
+            f"   ratio a/b = {median['a_seed_pipeline'] / median['b_hand_written']:.2f} (a/c exceeds it only where (c) beats (b))"
         )
         run_medians = {key: [statistics.median(run) for run in key_runs] for key, key_runs in runs.items()}
         print(
             f"  paired: {paired_ratios(samples['c_mlplab_fit'], samples['b_hand_written'], 'c/b per epoch pair')}"
             f"   {paired_ratios(run_medians['a_seed_pipeline'], run_medians['c_mlplab_fit'], 'a/c per repetition')}"
+            f"   {paired_ratios(run_medians['a_seed_pipeline'], run_medians['b_hand_written'], 'a/b per repetition')}"
         )
         if args.compile:
             print(f"  ratio d/c = {median['d_mlplab_compiled'] / median['c_mlplab_fit']:.3f} (compiled vs eager mlplab)")

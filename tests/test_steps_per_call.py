@@ -10,7 +10,7 @@ from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.strategies import SingleDeviceStrategy
 
 from mlplab import FusedEMAWeightAveraging, LitMLP, stage_metrics
-from mlplab.callbacks import TrainBatchImageGrid
+from mlplab.callbacks import LayerGradientNorms, TrainBatchImageGrid
 from tests.conftest import quiet_trainer
 
 CASES = {
@@ -120,30 +120,24 @@ def test_trainer_gradient_clipping_falls_back_to_one_step_per_call(tiny_dm_facto
     assert len(trainer.train_dataloader) == 7  # not grouped
 
 
-def test_backward_hooks_still_run_when_a_callback_needs_them(tiny_dm_factory, tmp_path):
+@pytest.mark.parametrize("hook", ["on_after_backward", "on_before_optimizer_step", "on_before_zero_grad"])
+def test_a_callback_overriding_an_optimization_hook_gets_lightnings_step_every_batch(tiny_dm_factory, tmp_path, caplog, hook):
     calls = []
-
-    class CountsBackward(Callback):
-        def on_after_backward(self, trainer, pl_module):
-            calls.append(trainer.global_step)
-
+    callback = type("TouchesOptimization", (Callback,), {hook: lambda self, trainer, *args: calls.append(trainer.global_step)})()
     model = LitMLP(hidden_dims=[8], steps_per_call=4)
-    trainer = quiet_trainer(tmp_path, max_epochs=1, enable_checkpointing=False, callbacks=[CountsBackward()])
-    trainer.fit(model, datamodule=tiny_dm_factory(batch_size=30))
-    assert not model.plain_backward and len(calls) == 7
+    trainer = quiet_trainer(tmp_path, max_epochs=1, enable_checkpointing=False, callbacks=[callback])
+    with caplog.at_level("INFO"):
+        trainer.fit(model, datamodule=tiny_dm_factory(batch_size=30))
+    assert model.automatic_optimization and calls == list(range(7))
+    assert f"the callback TouchesOptimization overrides {hook}" in caplog.text
 
 
-def test_optimizer_step_hooks_still_run_when_a_callback_needs_them(tiny_dm_factory, tmp_path):
-    norms = []
-
-    class SeesGradients(Callback):
-        def on_before_optimizer_step(self, trainer, pl_module, optimizer):
-            norms.append(torch.nn.utils.get_total_norm([p.grad for p in pl_module.parameters()]).item())
-
+def test_the_logged_step_metrics_and_gradient_norms_callback_keep_the_speed_path(tiny_dm_factory, tmp_path):
+    # mlplab's LayerGradientNorms reads gradients in on_before_optimizer_step: verified, so it keeps the speed path
     model = LitMLP(hidden_dims=[8], steps_per_call=4)
-    trainer = quiet_trainer(tmp_path, max_epochs=1, enable_checkpointing=False, callbacks=[SeesGradients()])
+    trainer = quiet_trainer(tmp_path, max_epochs=1, enable_checkpointing=False, callbacks=[LayerGradientNorms(every_n_steps=1)])
     trainer.fit(model, datamodule=tiny_dm_factory(batch_size=30))
-    assert not model.plain_optimizer_step and len(norms) == 7 and all(n > 0 for n in norms)
+    assert not model.automatic_optimization and not model.plain_optimizer_step and trainer.global_step == 7
 
 
 def test_plain_backward_and_step_when_nothing_needs_the_hooks(tiny_dm_factory, tmp_path):
@@ -166,7 +160,7 @@ def test_a_profiled_fit_times_lightnings_training_step_scopes_and_trains_the_sam
         assert torch.equal(a, b), name
 
 
-def test_a_strategy_with_its_own_training_step_is_called_for_every_batch(tiny_dm_factory, tmp_path):
+def test_a_strategy_subclass_gets_lightnings_step_and_is_called_for_every_batch(tiny_dm_factory, tmp_path, caplog):
     calls = []
 
     class CountingStrategy(SingleDeviceStrategy):
@@ -174,9 +168,10 @@ def test_a_strategy_with_its_own_training_step_is_called_for_every_batch(tiny_dm
             calls.append(args[1])  # batch_idx
             return super().training_step(*args, **kwargs)
 
-    _, trainer = train(tiny_dm_factory, tmp_path, 4, epochs=1, trainer_kwargs={"strategy": CountingStrategy(device=torch.device("cpu"))})
-    assert not trainer.fit_loop.epoch_loop.calls_training_step_directly
-    assert calls == list(range(7))
+    with caplog.at_level("INFO"):
+        model, _ = train(tiny_dm_factory, tmp_path, 4, epochs=1, trainer_kwargs={"strategy": CountingStrategy(device=torch.device("cpu"))})
+    assert model.automatic_optimization and calls == list(range(7))
+    assert "the strategy CountingStrategy is not one the speed path is verified with" in caplog.text
 
 
 @pytest.mark.parametrize("precision", ["bf16-true", "64-true"])
@@ -190,8 +185,8 @@ def test_true_precisions_convert_every_batch_of_a_group(tiny_dm_factory, tmp_pat
         assert torch.equal(a, b), name
 
 
-def test_a_subclass_overriding_on_before_optimizer_step_sees_every_step(tiny_dm_factory, tmp_path):
-    # the plain path hands the known step to the module's own grad-norm logging; an override must still be called
+def test_a_subclass_overriding_on_before_optimizer_step_gets_lightnings_step(tiny_dm_factory, tmp_path):
+    # an override of an optimization hook is the user's code for Lightning's own step: it gets that step
     class CountsSteps(LitMLP):
         def on_before_optimizer_step(self, optimizer):
             self.seen_steps.append(self.global_step)
@@ -202,7 +197,7 @@ def test_a_subclass_overriding_on_before_optimizer_step_sees_every_step(tiny_dm_
     model.seen_steps = []
     trainer = quiet_trainer(tmp_path, max_epochs=2, enable_checkpointing=False, log_every_n_steps=5)
     trainer.fit(model, datamodule=tiny_dm_factory(batch_size=30))
-    assert model.plain_optimizer_step and not model.own_before_optimizer_step
+    assert model.automatic_optimization
     assert model.seen_steps == list(range(14)) and model.grad_norm_logged_at == 9
 
 

@@ -102,6 +102,7 @@ class LitMLP(GroupedSteps, ResumableProgress):
         # plain-attribute copies of the hparams read at every optimizer step (an hparams lookup is a few µs there)
         self.task, self.steps_per_call, self.l1, self.l2 = task, steps_per_call, l1, l2
         self.optimizer_factory, self.lr_scheduler_factory = optimizer, lr_scheduler
+        self.lr_override: float | None = None  # set through `lr` (the learning-rate finder)
         self.scheduler_interval = lr_scheduler_interval
         self.preprocessor = Preprocessor()
         self.net = MLP(
@@ -183,12 +184,11 @@ class LitMLP(GroupedSteps, ResumableProgress):
         self.epoch_start_step = self.global_step
         self.stages["train"].reset()
 
-    def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor | None:
-        """One optimizer step on ``batch``: Lightning's automatic optimization, or the grouped path's own (``steps_per_call > 1``)."""
+    def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
+        """The loss of ``batch`` for Lightning's automatic optimization, or the grouped path's own step on it (its detached loss)."""
         if self.automatic_optimization:
             return self.training_loss(batch)
-        self.manual_step(batch)
-        return None
+        return self.manual_step(batch)
 
     def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
         """Log the global L2 norm of the gradients (before any clipping) at every step the logger writes (``log_every_n_steps``)."""
@@ -266,9 +266,28 @@ class LitMLP(GroupedSteps, ResumableProgress):
 
     # ----------------------------------------------------------------- optimizer and scheduler
 
+    @property
+    def lr(self) -> float:
+        """The optimizer's learning rate: the injected optimizer's own (its ``lr`` argument or default) unless set here.
+
+        Lightning's learning-rate finder (``Tuner.lr_find``, the ``LearningRateFinder`` callback) reads and sets
+        this attribute; :meth:`configure_optimizers` applies it to every parameter group.
+        """
+        if self.lr_override is not None:
+            return self.lr_override
+        return model_config.optimizer_learning_rate(self.optimizer_factory)
+
+    @lr.setter
+    def lr(self, value: float) -> None:
+        self.lr_override = float(value)
+        model_config.set_stored_learning_rate(self.hparams, self.lr_override)  # a reloaded checkpoint rebuilds the same optimizer
+
     def configure_optimizers(self) -> Any:
         """The optimizer (weight decay on every parameter, or on weight matrices only) and the scheduler, if any."""
         optimizer = self.optimizer_factory(model_config.parameter_groups(self, self.hparams.decay_bias_and_norm))
+        if self.lr_override is not None:
+            for group in optimizer.param_groups:
+                group["lr"] = self.lr_override
         self.scheduler_interval = self.hparams.lr_scheduler_interval
         if self.lr_scheduler_factory is None:
             return optimizer

@@ -58,6 +58,25 @@ def store_callables_as_config(hparams: dict[str, Any]) -> None:
         hparams.setdefault("_instantiator", CLI_INSTANTIATOR)
 
 
+def optimizer_learning_rate(optimizer_factory: Any) -> float:
+    """The learning rate an injected optimizer factory builds with (its ``lr`` argument, or the class's default).
+
+    Read from an optimizer built on one throw-away parameter, so that any factory answers (a class, a
+    partial, jsonargparse's callable, a lambda) and a default learning rate counts as the optimizer sets it.
+    """
+    return float(optimizer_factory([nn.Parameter(torch.zeros(1))]).param_groups[0]["lr"])
+
+
+def set_stored_learning_rate(hparams: dict[str, Any], lr: float) -> None:
+    """Write ``lr`` into the optimizer's stored ``init_args`` (what ``load_from_checkpoint`` rebuilds it from), if stored."""
+    stored = hparams.get("optimizer")
+    init_args = stored.get("init_args") if isinstance(stored, dict) else getattr(stored, "init_args", None)
+    if isinstance(init_args, dict):
+        init_args["lr"] = lr
+    elif init_args is not None:  # (a jsonargparse Namespace)
+        init_args.lr = lr
+
+
 def check_model_arguments(task: str, label_smoothing: float, l1: float, l2: float, steps_per_call: int, optimizer: Any) -> None:
     """ConfigError for a ``model.*`` value ``LitMLP`` cannot train with."""
     if steps_per_call < 1:

@@ -118,7 +118,7 @@ class GroupsTrainBatches(Protocol):
     """A DataModule that can serve its training batches in groups: the contract between ``LitMLP`` and the data side.
 
     ``LitMLP.setup`` asks for groups of ``steps_per_call`` batches when its fit can take them
-    (:func:`mlplab.grouped.one_step_per_call_reason`); the data module answers whether it will.
+    (:func:`mlplab.grouped.eligibility.one_step_per_call_reason`); the data module answers whether it will.
     Lightning's loop then fetches a :class:`BatchGroup` and steps once per batch in it.
     """
 

@@ -35,6 +35,7 @@ from lightning.pytorch.utilities.model_helpers import is_overridden
 from torch import nn
 
 from mlplab.data.loader import BatchGroup
+from mlplab.errors import ConfigError
 
 PER_BATCH_HOOKS = ("on_train_batch_start", "on_train_batch_end")
 
@@ -63,6 +64,13 @@ class GroupedTrainingEpochLoop(_TrainingEpochLoop):
         super().reset()
         self.group, self.position = None, 0  # a group cut short by max_steps is not carried into the next epoch
         self.validates_this_epoch = None
+        accumulate = self.trainer.accumulate_grad_batches
+        if accumulate != 1 and getattr(self.trainer.lightning_module, "grouped_steps", False):
+            # set during the fit by a callback's observing hook (the speed path was chosen at setup with 1)
+            raise ConfigError(
+                f"trainer.accumulate_grad_batches became {accumulate} during a fit on mlplab's speed path (model.steps_per_call > 1), "
+                "which takes one optimizer step per batch; set model.steps_per_call=1 to accumulate gradients."
+            )
 
     def _should_check_val_epoch(self) -> bool:
         """Lightning's test whether this epoch validates, computed once per epoch (it is asked after every batch).

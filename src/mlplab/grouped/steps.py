@@ -1,8 +1,9 @@
 """``GroupedSteps``: the LightningModule side of the speed path.
 
 At ``setup("fit")`` the module decides whether this fit groups (:meth:`GroupedSteps.start_grouping`):
-the DataModule must serve groups (:class:`~mlplab.data.loader.GroupsTrainBatches`) and nothing in
-the run may need Lightning's automatic optimization. If it groups, the Trainer gets
+the DataModule must serve groups (:class:`~mlplab.data.loader.GroupsTrainBatches`) and everything
+in the run must be known to behave the same on the speed path
+(:func:`mlplab.grouped.eligibility.one_step_per_call_reason`). If it groups, the Trainer gets
 :class:`~mlplab.grouped.loop.GroupedTrainingEpochLoop` and the module switches to manual
 optimization: :meth:`GroupedSteps.manual_step` does per batch what Lightning's automatic
 optimization does (zero_grad, forward, backward, optimizer step, step-interval scheduler), with
@@ -19,7 +20,7 @@ import functools
 from typing import Any
 
 import torch
-from lightning.pytorch import Callback, LightningModule, Trainer
+from lightning.pytorch import Callback, LightningModule
 from lightning.pytorch.core.optimizer import LightningOptimizer
 from lightning.pytorch.plugins.precision import MixedPrecision, Precision
 from lightning.pytorch.strategies import SingleDeviceStrategy
@@ -29,33 +30,8 @@ from torch import Tensor
 
 from mlplab.data.loader import GroupsTrainBatches
 from mlplab.errors import ConfigError
+from mlplab.grouped.eligibility import one_step_per_call_reason
 from mlplab.grouped.loop import epoch_ran_to_its_end, install_grouped_loop
-
-# LightningModule hooks that only automatic optimization calls: a subclass overriding one needs Lightning's own step
-AUTOMATIC_OPTIMIZATION_HOOKS = (
-    "training_step",
-    "optimizer_step",
-    "optimizer_zero_grad",
-    "backward",
-    "configure_gradient_clipping",
-    "lr_scheduler_step",
-)
-
-
-def one_step_per_call_reason(module: LightningModule, trainer: Trainer, base: type[LightningModule]) -> str | None:
-    """Why this fit must take Lightning's own automatic-optimization step per batch, or None if the grouped loop can run.
-
-    ``base`` is the module class whose hooks the grouped loop knows (a subclass overriding one of
-    :data:`AUTOMATIC_OPTIMIZATION_HOOKS` wrote it for automatic optimization).
-    """
-    if trainer.gradient_clip_val:
-        return f"Trainer gradient clipping (gradient_clip_val={trainer.gradient_clip_val}) runs under automatic optimization only"
-    if trainer.accumulate_grad_batches != 1:
-        return f"accumulate_grad_batches={trainer.accumulate_grad_batches} runs under automatic optimization only"
-    overridden = [hook for hook in AUTOMATIC_OPTIMIZATION_HOOKS if is_overridden(hook, module, base)]
-    if overridden:
-        return f"{type(module).__name__} overrides {', '.join(overridden)}, which Lightning calls per batch under automatic optimization"
-    return None
 
 
 class GroupedSteps(LightningModule):
@@ -64,7 +40,6 @@ class GroupedSteps(LightningModule):
     grouped_steps = False  # decided per fit in start_grouping
     plain_backward = False  # decided per fit in prepare_manual_steps
     plain_optimizer_step = False
-    own_before_optimizer_step = True
 
     @property
     def automatic_optimization(self) -> bool:
@@ -103,19 +78,24 @@ class GroupedSteps(LightningModule):
         """At the start of training: which of Lightning's per-step dispatches this run needs."""
         self.plain_backward = not self._backward_needs_lightning()
         self.plain_optimizer_step = not self._optimizer_step_needs_lightning()
-        self.own_before_optimizer_step = not is_overridden("on_before_optimizer_step", self, self._known_hooks_class())
 
-    def manual_step(self, batch: Any) -> None:
-        """One optimizer step on ``batch``, as Lightning's automatic optimization takes it, then the step-interval scheduler."""
+    def manual_step(self, batch: Any) -> Tensor:
+        """One optimizer step on ``batch``, as Lightning's automatic optimization takes it, then the step-interval scheduler.
+
+        Returns the detached loss of the closure's last evaluation: what Lightning's automatic optimization hands
+        ``on_train_batch_end`` as ``outputs["loss"]`` (an optimizer such as LBFGS evaluates the closure several times).
+        """
         optimizer = self.optimizers()
-        closure = functools.partial(self._closure, optimizer, batch)
+        losses: list[Tensor] = []
+        closure = functools.partial(self._closure, optimizer, batch, losses)
         if self.plain_optimizer_step:
             self._plain_optimizer_step(optimizer, closure, self.global_step)
         else:
             optimizer.step(closure=closure)
         self.step_schedulers("step")
+        return losses[-1].detach()
 
-    def _closure(self, optimizer: Any, batch: Any) -> Tensor:
+    def _closure(self, optimizer: Any, batch: Any, losses: list[Tensor]) -> Tensor:
         # what Lightning's automatic optimization does per step: zero_grad, forward, backward
         optimizer.zero_grad()
         loss = self.training_loss(batch)
@@ -123,6 +103,7 @@ class GroupedSteps(LightningModule):
             loss.backward()
         else:
             self.manual_backward(loss)
+        losses.append(loss)
         return loss
 
     def _plain_optimizer_step(self, optimizer: LightningOptimizer, closure: Any, step: int) -> None:
@@ -132,15 +113,12 @@ class GroupedSteps(LightningModule):
         callback) costs about 40 µs per step, a tenth of a small MLP's step. This keeps its effects:
         the manual loop's step counter (``global_step``) through the optimizer's before/after
         callbacks, and the module's ``on_before_optimizer_step`` between backward and update (its
-        grad-norm logging told the ``step`` being taken, unless a subclass overrides the hook).
+        grad-norm logging told the ``step`` being taken; a subclass overriding the hook takes Lightning's step).
         """
 
         def closure_then_hook() -> Tensor:
             loss = closure()
-            if self.own_before_optimizer_step:
-                self.log_grad_norm(step)
-            else:
-                self.on_before_optimizer_step(optimizer)
+            self.log_grad_norm(step)
             return loss
 
         # private: the step counter Lightning's manual-optimization loop hangs on the optimizer

@@ -273,3 +273,26 @@ def test_a_subclass_overriding_training_step_trains_through_the_cli(real_mnist, 
     assert "(1 epochs, 70 optimizer steps)" in output
     config = (tmp_path / "logs" / "mnist" / "version_0" / "config.yaml").read_text()
     assert "class_path: mypackage.MyLitMLP" in config and "dropout: 0.2" in config  # the config's model settings carried over
+
+
+def test_lr_find_config_prints_the_suggestion_saves_the_plot_and_trains_nothing(real_mnist, tmp_path):
+    command = [
+        MLPLAB, "fit", "--config", "configs/mnist.yaml", "--config", "configs/lr_find.yaml", "--lr_finder.init_args.num_training_steps=30",
+        "--trainer.enable_progress_bar=false", f"--trainer.logger.init_args.save_dir={tmp_path}", f"--data.data_dir={REAL_DATA_DIR}",
+    ]  # fmt: skip
+    result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    output = result.stdout + result.stderr
+    line = re.search(
+        r"^mlplab: lr_find suggests lr=(?P<lr>\S+) \(\d+ learning rates .*plot: (?P<png>\S+)\. Train with it: (?P<option>\S+)$", output, re.M
+    )
+    assert line, output[-3000:]
+    assert line["option"] == f"--model.optimizer.init_args.lr={line['lr']}" and 1e-6 < float(line["lr"]) < 1.0
+    run = tmp_path / "mnist" / "version_0"
+    assert Path(line["png"]) == run / "lr_find.png" and Path(line["png"]).read_bytes()[:4] == b"\x89PNG"
+    events = EventAccumulator(str(run))
+    events.Reload()
+    assert "lr_find" in events.Tags()["images"]
+    assert "optimizer steps" in output and "(0 epochs, 0 optimizer steps)" in output  # the search only: nothing trained
+    assert not RESULT_LINE.search(result.stdout) and not (run / "checkpoints").exists()
+    assert not list(ROOT.glob(".lr_find_*.ckpt"))  # Lightning's copy of the starting weights is removed

@@ -117,9 +117,15 @@ class Recorder(Callback):
 
 def logged_values(folder) -> dict[tuple[str, str], float]:
     """Every value the CSV logger wrote, by (step, key); values of the machine's clock are left out."""
-    rows = list(csv.DictReader(open(next(folder.rglob("metrics.csv")))))
+    with open(next(folder.rglob("metrics.csv"))) as file:
+        rows = list(csv.DictReader(file))
     timed = ("cpu_", "time", "throughput", "samples_per_sec", "batches_per_sec", "items_per_sec", "flops")
-    return {(row["step"], key): float(v) for row in rows for key, v in row.items() if v not in ("", None) and key != "step" and not any(t in key for t in timed)}
+    return {
+        (row["step"], key): float(v)
+        for row in rows
+        for key, v in row.items()
+        if v not in ("", None) and key != "step" and not any(t in key for t in timed)
+    }
 
 
 def run(row: Row, tiny_dm_factory, tmp_path, steps_per_call: int) -> dict[str, Any]:
@@ -142,7 +148,14 @@ def run(row: Row, tiny_dm_factory, tmp_path, steps_per_call: int) -> dict[str, A
         result["grouped"] = not model.automatic_optimization
     trainer.fit(model, datamodule=datamodule)
     trainer.save_checkpoint(folder / "end.ckpt")  # (writes the loggers' pending values)
-    return {"grouped": not model.automatic_optimization, "model": model, "trainer": trainer, "seen": recorder.seen, "folder": folder, **result}
+    return {
+        "grouped": not model.automatic_optimization,
+        "model": model,
+        "trainer": trainer,
+        "seen": recorder.seen,
+        "folder": folder,
+        **result,
+    }
 
 
 @pytest.mark.parametrize("name", list(ROWS))

@@ -81,3 +81,24 @@ def test_compiled_training_and_checkpoint_loads_uncompiled(tiny_dm_factory, tmp_
     plain = LitMLP.load_from_checkpoint(tmp_path / "c.ckpt", weights_only=True, compile=False).eval()
     x = torch.rand(4, 1, 28, 28)
     assert torch.allclose(plain(x), model.eval()(x), atol=1e-5)
+
+
+def test_lr_reads_the_injected_optimizers_learning_rate_and_applies_a_new_one(tiny_dm_factory, tmp_path):
+    import functools
+
+    from lightning.pytorch.tuner import Tuner
+
+    assert LitMLP().lr == 1e-3  # Adam's default
+    model = LitMLP(hidden_dims=[8], optimizer=functools.partial(torch.optim.SGD, lr=0.1, momentum=0.9))
+    assert model.lr == 0.1
+    model.lr = 0.02  # what Lightning's finder does with its suggestion
+    assert model.configure_optimizers().param_groups[0]["lr"] == 0.02
+    assert model.hparams.optimizer["init_args"] == {"lr": 0.02, "momentum": 0.9}  # a reloaded checkpoint builds the same optimizer
+
+    trainer = quiet_trainer(tmp_path, max_epochs=10)  # (the search stops after num_training steps)
+    finder = Tuner(trainer).lr_find(model, datamodule=tiny_dm_factory(batch_size=30), num_training=30, min_lr=1e-4, max_lr=1.0)
+    assert finder.suggestion() is not None and model.lr == finder.suggestion()
+    checkpoint = tmp_path / "found.ckpt"
+    trainer.save_checkpoint(checkpoint)
+    reloaded = LitMLP.load_from_checkpoint(checkpoint)
+    assert reloaded.lr == pytest.approx(finder.suggestion())

@@ -10,6 +10,7 @@ Public API for other Lightning projects::
 from mlplab.callbacks import CSVPredictionWriter, FusedEMAWeightAveraging, LayerGradientNorms, TestDiagnostics, TrainBatchImageGrid
 from mlplab.data import FashionMNISTDataModule, IDXDataModule, MNISTDataModule
 from mlplab.lit_mlp import LitMLP
+from mlplab.lr_finder import LearningRateFinderReport
 from mlplab.models import MLP
 
 __version__ = "0.1.0"
@@ -21,6 +22,7 @@ __all__ = [
     "FusedEMAWeightAveraging",
     "IDXDataModule",
     "LayerGradientNorms",
+    "LearningRateFinderReport",
     "LitMLP",
     "MNISTDataModule",
     "TestDiagnostics",

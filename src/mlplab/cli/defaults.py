@@ -12,6 +12,7 @@ from lightning.pytorch.callbacks import Callback, EarlyStopping, LearningRateMon
 import mlplab.data
 from mlplab.callbacks import CSVPredictionWriter, LayerGradientNorms
 from mlplab.data.in_memory import InMemoryDataModule
+from mlplab.lr_finder import LearningRateFinderReport
 
 OTHER_COMMANDS = (
     "Other commands: `mlplab data download --dataset {mnist,fashion_mnist,all}` fetches and verifies the data; "
@@ -45,8 +46,9 @@ OPTIONAL_CALLBACKS: dict[str, tuple[type[Callback], dict[str, Any]]] = {
     "lr_monitor": (LearningRateMonitor, {"logging_interval": "step"}),
     "prediction_writer": (CSVPredictionWriter, {"output": "predictions.csv"}),  # acts only in `mlplab predict`
 }
-# off unless a config switches them on (`gradient_norms: {class_path: mlplab.callbacks.LayerGradientNorms}`)
-OFF_BY_DEFAULT_CALLBACKS: dict[str, type[Callback]] = {"gradient_norms": LayerGradientNorms}
+# off unless a config switches them on (`gradient_norms: {class_path: mlplab.callbacks.LayerGradientNorms}`;
+# configs/lr_find.yaml switches on the learning-rate finder)
+OFF_BY_DEFAULT_CALLBACKS: dict[str, type[Callback]] = {"gradient_norms": LayerGradientNorms, "lr_finder": LearningRateFinderReport}
 
 
 def config_keys() -> list[str]:

@@ -195,6 +195,8 @@ class MLPLabCLI(RunLogging):
         )
         if not self._option("test_after_fit", True):
             return
+        if any(getattr(callback, "ended_the_fit", False) for callback in self.trainer.callbacks):
+            return  # (configs/lr_find.yaml: the learning-rate finder searched, nothing was trained)
         callback = self.trainer.checkpoint_callback
         best = callback.best_model_path if callback is not None else ""
         keep_logged_hyperparameters(self.model, self.datamodule)  # (logged when fit started)

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import os
+import sys
 from pathlib import Path
 
 import pytest
@@ -15,6 +18,7 @@ from mlplab.data.sources import MNIST, DatasetSource, IDXFile, ensure_dataset
 
 ROOT = Path(__file__).resolve().parents[1]
 REAL_DATA_DIR = ROOT / "data"
+CHECKOUT_BEFORE = pytest.StashKey[dict]()
 FILE_NAMES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
 
 
@@ -29,6 +33,41 @@ SLOW_MODULES = {
     "test_fast_dev_run",
     "test_readme",
 }
+
+
+# what may change in the checkout while the suite runs: caches and build outputs (everything else must stay as it was)
+SCRATCH_NAMES = {"__pycache__", ".pytest_cache", ".ruff_cache", ".venv", ".git"}
+
+
+def checkout_snapshot() -> dict[str, tuple[int, int]]:
+    """Every file of the checkout outside caches, ignored ones included (logs/, data/): path -> (size, mtime)."""
+    snapshot = {}
+    for folder, subfolders, files in os.walk(ROOT):
+        subfolders[:] = [name for name in subfolders if name not in SCRATCH_NAMES and not name.endswith(".egg-info")]
+        for name in files:
+            path = Path(folder) / name
+            with contextlib.suppress(FileNotFoundError):
+                stat = path.lstat()
+                snapshot[path.relative_to(ROOT).as_posix()] = (stat.st_size, stat.st_mtime_ns)
+    return snapshot
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    if not hasattr(session.config, "workerinput"):  # (the controlling process, once for all xdist workers)
+        session.config.stash[CHECKOUT_BEFORE] = checkout_snapshot()
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    """Fail the session when the tests changed the checkout: a test writes only under its temporary folder."""
+    before = session.config.stash.get(CHECKOUT_BEFORE, None)
+    if before is None:
+        return
+    after = checkout_snapshot()
+    changed = sorted(set(after) - set(before)) + sorted(path for path in before if after.get(path, None) != before[path])
+    if changed:
+        shown = "\n  ".join(changed[:30])
+        print(f"\nThe test session changed the checkout ({len(changed)} files created, changed or removed):\n  {shown}", file=sys.stderr)
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
@@ -84,6 +123,19 @@ def tiny_dm_factory(tmp_path: Path):
         return tiny_datamodule_class(source)(data_dir=str(tmp_path), **kwargs)
 
     return factory
+
+
+@pytest.fixture
+def scratch_checkout(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A working folder that looks like the checkout (its configs/ and data/ linked) to run shipped configs in.
+
+    The configs name ``data/`` and ``logs`` relative to the working folder: the runs read the real data and
+    write their logs (and anything else relative) under ``tmp_path``, never into the checkout.
+    """
+    for name in ("configs", "data"):
+        (tmp_path / name).symlink_to(ROOT / name, target_is_directory=True)
+    monkeypatch.chdir(tmp_path)
+    return tmp_path
 
 
 @pytest.fixture(scope="session")

@@ -24,9 +24,8 @@ def print_config(capsys, *args: str) -> dict:
 
 
 @pytest.mark.parametrize("config", CONFIGS)
-def test_print_config_succeeds_for_every_config(config, capsys, monkeypatch):
+def test_print_config_succeeds_for_every_config(config, capsys, scratch_checkout):
     """Full configs parse alone; fragments (no `data:`) compose onto configs/mnist.yaml and take effect."""
-    monkeypatch.chdir(ROOT)
     fragment = yaml.safe_load((ROOT / config).read_text())
     base = [] if "class_path" in fragment.get("data", {}) else ["--config", "configs/mnist.yaml"]
     printed = print_config(capsys, *base, "--config", config)
@@ -40,8 +39,7 @@ def test_print_config_succeeds_for_every_config(config, capsys, monkeypatch):
             )
 
 
-def test_defaults_callbacks_logger_and_seed(capsys, monkeypatch):
-    monkeypatch.chdir(ROOT)
+def test_defaults_callbacks_logger_and_seed(capsys, scratch_checkout):
     printed = print_config(capsys, "--config", "configs/mnist.yaml")
     assert printed["seed_everything"] == 42
     assert printed["checkpoint"]["init_args"] | {"monitor": "val/acc", "mode": "max"} == printed["checkpoint"]["init_args"]
@@ -53,8 +51,7 @@ def test_defaults_callbacks_logger_and_seed(capsys, monkeypatch):
     assert printed["test_after_fit"] is True
 
 
-def test_configs_compose_and_command_line_overrides(capsys, monkeypatch):
-    monkeypatch.chdir(ROOT)
+def test_configs_compose_and_command_line_overrides(capsys, scratch_checkout):
     printed = print_config(
         capsys,
         "--config",
@@ -71,8 +68,8 @@ def test_configs_compose_and_command_line_overrides(capsys, monkeypatch):
 
 def test_bad_value_gives_one_paragraph_and_nonzero_exit(tmp_path):
     result = subprocess.run(
-        [MLPLAB, "fit", "--config", "configs/mnist.yaml", "--model.activation=swish", f"--data.data_dir={tmp_path}"],
-        cwd=ROOT,
+        [MLPLAB, "fit", "--config", str(ROOT / "configs/mnist.yaml"), "--model.activation=swish", f"--data.data_dir={tmp_path}"],
+        cwd=tmp_path,
         capture_output=True,
         text=True,
         timeout=120,
@@ -89,14 +86,13 @@ def test_data_download_verifies_present_files(real_mnist, capsys):
     assert capsys.readouterr().out.strip() == f"mlplab: MNIST ready in {real_mnist} (4 files, MD5 verified)"
 
 
-def test_trainer_callbacks_follow_the_config(monkeypatch):
+def test_trainer_callbacks_follow_the_config(scratch_checkout, monkeypatch):
     """Null groups leave their callback out; switching the progress bar off removes the default one."""
     from lightning.pytorch.callbacks import EarlyStopping, LearningRateMonitor, ModelCheckpoint, ProgressBar
 
     from mlplab.callbacks import TrainBatchImageGrid
     from mlplab.cli import MLPLabCLI
 
-    monkeypatch.chdir(ROOT)
     monkeypatch.setattr(sys, "argv", ["mlplab"])
     cli = MLPLabCLI(
         args=[
@@ -115,7 +111,7 @@ def test_trainer_callbacks_follow_the_config(monkeypatch):
     assert cli.model.hparams.steps_per_call == 64 and cli.model.hparams.num_classes == 10
 
 
-def test_switching_logger_and_checkpointing_off_leaves_out_the_callbacks_that_need_them(monkeypatch):
+def test_switching_logger_and_checkpointing_off_leaves_out_the_callbacks_that_need_them(scratch_checkout, monkeypatch):
     # Lightning refuses a LearningRateMonitor without a logger and a ModelCheckpoint with enable_checkpointing=False;
     # without a logger LightningCLI would write config.yaml into the current folder, once
     from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
@@ -123,21 +119,19 @@ def test_switching_logger_and_checkpointing_off_leaves_out_the_callbacks_that_ne
 
     from mlplab.cli import MLPLabCLI
 
-    monkeypatch.chdir(ROOT)
     monkeypatch.setattr(sys, "argv", ["mlplab"])
     cli = MLPLabCLI(args=["--config", "configs/mnist.yaml", "--trainer.logger=false", "--trainer.enable_checkpointing=false"], run=False)
     assert cli.trainer.logger is None and cli.trainer.checkpoint_callback is None
     assert not any(isinstance(c, (LearningRateMonitor, ModelCheckpoint, SaveConfigCallback)) for c in cli.trainer.callbacks)
 
 
-def test_weight_averaging_callback_from_the_command_line(monkeypatch):
+def test_weight_averaging_callback_from_the_command_line(scratch_checkout, monkeypatch):
     # the README's EMA switch: a callback appended to mlplab's defaults, with its own arguments
     from lightning.pytorch.callbacks import ModelCheckpoint
 
     from mlplab import FusedEMAWeightAveraging
     from mlplab.cli import MLPLabCLI
 
-    monkeypatch.chdir(ROOT)
     monkeypatch.setattr(sys, "argv", ["mlplab"])
     cli = MLPLabCLI(
         args=[
@@ -156,8 +150,7 @@ def test_weight_averaging_callback_from_the_command_line(monkeypatch):
     assert any(isinstance(c, ModelCheckpoint) for c in cli.trainer.callbacks)
 
 
-def test_a_callback_refusing_its_arguments_gives_one_paragraph(capsys, monkeypatch, tmp_path):
-    monkeypatch.chdir(ROOT)
+def test_a_callback_refusing_its_arguments_gives_one_paragraph(capsys, scratch_checkout, tmp_path):
     with pytest.raises(SystemExit) as exit_info:
         main(
             [
@@ -194,8 +187,7 @@ def test_instantiation_error_without_union_report_or_message():
         ("--trainer.max_epochs=abc", ["trainer.max_epochs", "abc"]),
     ],
 )
-def test_parse_errors_are_one_paragraph_naming_option_and_value(capsys, monkeypatch, option, expected):
-    monkeypatch.chdir(ROOT)
+def test_parse_errors_are_one_paragraph_naming_option_and_value(capsys, scratch_checkout, option, expected):
     with pytest.raises(SystemExit) as exit_info:
         main(["fit", "--config", "configs/mnist.yaml", option])
     assert exit_info.value.code == 2

@@ -10,9 +10,8 @@ from tests.test_cli import CONFIGS
 
 @pytest.mark.slow
 @pytest.mark.parametrize("config", CONFIGS)
-def test_fast_dev_run_works_with_every_config(config, real_mnist, tmp_path, monkeypatch, capsys):
+def test_fast_dev_run_works_with_every_config(config, real_mnist, scratch_checkout, capsys):
     """Full configs run alone; fragments (no `data:`) run on top of configs/mnist.yaml, as the README composes them."""
-    monkeypatch.chdir(ROOT)  # the configs' data_dir is data/ in the repository
     fragment = yaml.safe_load((ROOT / config).read_text())
     base = [] if "class_path" in fragment.get("data", {}) else ["--config", "configs/mnist.yaml"]
     main(
@@ -23,7 +22,7 @@ def test_fast_dev_run_works_with_every_config(config, real_mnist, tmp_path, monk
             config,
             "--trainer.fast_dev_run=true",
             "--trainer.enable_progress_bar=false",
-            f"--trainer.default_root_dir={tmp_path}",
+            f"--trainer.default_root_dir={scratch_checkout}",
         ]
     )
     # one training batch, one validation batch, then the test after fit printed its line

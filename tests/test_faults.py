@@ -127,6 +127,12 @@ BAD_CONFIGS = {
     "lr zero": (["--model.optimizer.lr=0"], ["model.optimizer.lr=0", "positive, finite"]),
     "lr negative": (["--model.optimizer.lr=-1"], ["model.optimizer.lr=-1", "positive, finite"]),
     "lr not finite": (["--model.optimizer.lr=.inf"], ["model.optimizer.lr=inf", "positive, finite"]),
+    "lr nan for a named optimizer": (
+        ["--model.optimizer=SGD", "--model.optimizer.lr=nan"],
+        ["model.optimizer.lr=nan (from the command line) is not allowed", "positive, finite number"],
+    ),
+    # a Trainer argument error is named as one, not as a hardware problem
+    "max_epochs negative": (["--trainer.max_epochs=-5"], ["trainer.max_epochs=-5 (from the command line) is not allowed", "non-negative"]),
     "dropout 1": (["--model.dropout=1.0"], ["model.dropout=1.0", "[0, 1)"]),
     "hidden width 0": (["--model.hidden_dims=[0,10]"], ["model.hidden_dims=[0, 10]", "positive integer"]),
     "batch size 0": (["--data.batch_size=0"], ["data.batch_size=0", "positive integer"]),
@@ -184,8 +190,21 @@ def test_bad_configuration_is_one_clear_paragraph_before_training(bad_config_res
     message = error_paragraph(result)
     for fragment in BAD_CONFIGS[case][1]:
         assert fragment in message, message
+    assert ("CUDA GPU" in message) == (case == "gpu without a GPU"), message  # only hardware problems speak of the machine
+    assert "Expected a" not in message and "Union subtypes" not in message, message  # no raw jsonargparse text
     assert "Epoch 0" not in result.stdout + result.stderr  # no training started
     assert not list(folder.glob("logs/**/*.ckpt")) and not list(folder.glob("logs/*/version_*"))  # nothing left behind
+
+
+def test_a_typod_section_is_named_even_when_a_later_option_fails_first(tmp_path):
+    (tmp_path / "typo.yaml").write_text("modle:\n  hidden_dims: [32]\n")
+    message = error_paragraph(mlplab(tmp_path, "fit", "--config", "typo.yaml", f"--data.data_dir={tmp_path}"))
+    assert "`modle` (from config file 'typo.yaml') is not an option" in message and "Did you mean `model`?" in message, message
+    (tmp_path / "typo.yaml").write_text("trainer:\n  max_epochs: 1\n")
+    message = error_paragraph(mlplab(tmp_path, "fit", "--config", "typo.yaml", f"--data.data_dir={tmp_path}"))
+    assert "`data.data_dir` (from the command line) is an option of a data module, but no data module is chosen" in message, message
+    assert "MNISTDataModule" in message and "Did you mean" not in message, message
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["typo.yaml"]  # nothing left behind
 
 
 # ---------------------------------------------------------------- bad data: real corrupt files

@@ -23,7 +23,7 @@ from mlplab.data.images import read_predict_images
 from mlplab.errors import DataError
 
 FUZZ_EXAMPLES = 300
-FUZZ = settings(max_examples=FUZZ_EXAMPLES, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+FUZZ = settings(max_examples=FUZZ_EXAMPLES, deadline=None, suppress_health_check=[HealthCheck.too_slow], database=None)
 DTYPES = (torch.uint8, torch.int8, torch.int16, torch.int32, torch.float32, torch.float64)
 
 

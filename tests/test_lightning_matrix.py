@@ -26,7 +26,7 @@ from lightning.pytorch import Callback, seed_everything
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 from lightning.pytorch.tuner import Tuner
 
-from mlplab import FusedEMAWeightAveraging, LayerGradientNorms, LitMLP, TrainBatchImageGrid
+from mlplab import CSVPredictionWriter, FusedEMAWeightAveraging, LayerGradientNorms, LitMLP, TestDiagnostics, TrainBatchImageGrid
 from mlplab.checkpointing import GracefulInterrupt
 from tests.conftest import quiet_trainer
 
@@ -77,6 +77,8 @@ ROWS: dict[str, Row] = {
     "mlplab LayerGradientNorms": Row(callbacks(lambda: LayerGradientNorms(every_n_steps=2))),
     "mlplab TrainBatchImageGrid": Row(callbacks(TrainBatchImageGrid)),
     "mlplab GracefulInterrupt": Row(callbacks(GracefulInterrupt)),
+    "mlplab TestDiagnostics": Row(callbacks(TestDiagnostics)),
+    "BasePredictionWriter": Row(callbacks(CSVPredictionWriter)),  # (mlplab's CSVPredictionWriter is one)
     # ------------------------------------------------------------------ loggers, tuners, precisions, profilers, flags
     "TensorBoardLogger": Row(lambda tmp: {"logger": [CSVLogger(tmp), TensorBoardLogger(tmp)]}),
     "Tuner.lr_find": Row(path=LIGHTNING, tuner="lr_find"),
@@ -101,7 +103,6 @@ NOT_APPLICABLE = {
     "WeightAveraging": "the base class of EMAWeightAveraging (mlplab's FusedEMAWeightAveraging is another subclass)",
     "BaseFinetuning": "abstract: a user subclass overrides on_fit_start and takes Lightning's step",
     "BackboneFinetuning": "needs a `backbone` attribute (a pretrained feature extractor); an MLP has none",
-    "BasePredictionWriter": "acts in predict only (mlplab's CSVPredictionWriter is one)",
 }
 
 
@@ -177,6 +178,15 @@ def test_same_training_with_grouped_steps_or_lightnings_step(tiny_dm_factory, tm
     for key in ("suggestion", "losses", "lr", "batch_size"):
         if key in one:
             assert one[key] == four[key] or (key == "losses" and str(one[key]) == str(four[key])), key
+
+
+def test_the_commands_default_callbacks_keep_the_speed_path(scratch_checkout, monkeypatch):
+    from mlplab.cli import MLPLabCLI
+    from mlplab.grouped.eligibility import one_step_per_call_reason
+
+    monkeypatch.setattr("sys.argv", ["mlplab"])
+    cli = MLPLabCLI(args=["--config", "configs/mnist.yaml", "--trainer.logger.init_args.save_dir=logs"], run=False)
+    assert one_step_per_call_reason(cli.model, cli.trainer, LitMLP) is None
 
 
 def test_every_lightning_callback_has_a_row():

@@ -18,12 +18,13 @@ def test_notebooks_are_found():
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
-def test_notebook_executes(path: Path, real_mnist, monkeypatch):
+def test_notebook_executes(path: Path, real_mnist, monkeypatch, tmp_path):
     from mlplab.data.sources import FASHION_MNIST, ensure_dataset
 
     ensure_dataset(FASHION_MNIST, REAL_DATA_DIR)
     monkeypatch.setenv("MLPLAB_NOTEBOOK_QUICK", "1")
     monkeypatch.setenv("MLPLAB_DATA_DIR", str(REAL_DATA_DIR))
+    monkeypatch.setenv("TMPDIR", str(tmp_path))  # the kernel's tempfile.mkdtemp() folders (runs, checkpoints) end up here
     notebook = nbformat.read(path, as_version=4)
     NotebookClient(notebook, timeout=300, kernel_name="python3", resources={"metadata": {"path": str(path.parent)}}).execute()
     errors = [o for cell in notebook.cells if cell.cell_type == "code" for o in cell.outputs if o.output_type == "error"]

@@ -12,11 +12,13 @@ from __future__ import annotations
 import argparse
 import difflib
 import inspect
+import os
 import re
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
+import torch
 import yaml
 from lightning.pytorch import Trainer
 
@@ -100,12 +102,39 @@ def nearest(key: str, top_level: Sequence[str]) -> str | None:
 
 
 def source_of(key: str, argv: Sequence[str]) -> str:
-    """Where ``key`` was given: the last config file that sets it, else the command line."""
-    for path in reversed(config_files(argv)):
+    """Where ``key`` was given last (later sources win, as in jsonargparse): a ``--config`` file or the command line."""
+    source = "the command line"
+    for index, arg in enumerate(argv):
+        if arg == "--config" or arg.startswith("--config="):
+            path = argv[index + 1] if arg == "--config" and index + 1 < len(argv) else arg.partition("=")[2]
+            content = read_config_file(path)
+            if isinstance(content, dict) and key in set(dotted_keys(content)):
+                source = f"config file {path!r}"
+        elif arg.startswith("--") and arg[2:].partition("=")[0].replace(".init_args.", ".") == key:
+            source = "the command line"
+    return source
+
+
+def unknown_top_level_key(argv: Sequence[str], top_level: Sequence[str]) -> ConfigError | None:
+    """A ConfigError for the first top-level key of a config file that is not an option (``modle:``), else None."""
+    for path in config_files(argv):
         content = read_config_file(path)
-        if isinstance(content, dict) and key in set(dotted_keys(content)):
-            return f"config file {path!r}"
-    return "the command line"
+        for key in content or {}:
+            if key not in top_level:
+                guess = nearest(str(key), top_level)
+                hint = f" Did you mean `{guess}`?" if guess else ""
+                return ConfigError(
+                    f"`{key}` (from config file {path!r}) is not an option of mlplab's config.{hint} `--help` lists every option."
+                )
+    return None
+
+
+def data_module_given(argv: Sequence[str]) -> bool:
+    """Whether a config file or the command line chooses a data module (``data: {class_path: ...}``, ``--data=NAME``)."""
+    if any(arg == "--data" or arg.startswith(("--data=", "--data.class_path")) for arg in argv):
+        return True
+    files = (read_config_file(path) for path in config_files(argv))
+    return any(isinstance(content, dict) and isinstance(content.get("data"), dict) and "class_path" in content["data"] for content in files)
 
 
 def explain(err: argparse.ArgumentError, argv: Sequence[str], top_level: Sequence[str], data_modules: Sequence[str]) -> Exception:
@@ -120,13 +149,29 @@ def explain(err: argparse.ArgumentError, argv: Sequence[str], top_level: Sequenc
         r"Option '(?P<key>[\w.]+)' is not accepted",
         r"unrecognized arguments: --?(?P<key>[\w.]+)",
     )
+    misspelt = unknown_top_level_key(argv, top_level)
+    if misspelt is not None:  # (jsonargparse may stop at a later key first: a typo'd section hides the options in it)
+        return misspelt
+    if 'Parser key "lr"' in text and "model.optimizer" in text:
+        given = re.search(r"lr='([^']*)'", text) or re.search(r"Given value: (\S+?)\.? Got", text)
+        value = given[1] if given else "?"
+        return ConfigError(
+            f"model.optimizer.lr={value} (from {source_of('model.optimizer.lr', argv)}) is not allowed: the learning rate must be "
+            "a positive, finite number, such as --model.optimizer.lr=0.1."
+        )
     unknown = next((match for pattern in patterns if (match := re.search(pattern, text, re.I))), None)
     if unknown:
         group = unknown.groupdict().get("group")
         key = f"{group}.{unknown['key']}" if group else unknown["key"]
         key = re.sub(r"^(fit|validate|test|predict)\.", "", key.split("=")[0])
+        if key.startswith("data.") and not data_module_given(argv):
+            return ConfigError(
+                f"`{key}` (from {source_of(key, argv)}) is an option of a data module, but no data module is chosen: neither a "
+                f"--config file nor the command line gives `data`. Add `--data=NAME` or a config with `data: {{class_path: mlplab.data.NAME}}`; "
+                f"data modules: {', '.join(data_modules)}."
+            )
         guess = nearest(key, top_level)
-        hint = f" Did you mean `{guess}`?" if guess else ""
+        hint = f" Did you mean `{guess}`?" if guess and guess != key else ""
         return ConfigError(f"`{key}` (from {source_of(key, argv)}) is not an option of mlplab's config.{hint} `--help` lists every option.")
     if re.search(r"arguments are required: (?:\w+\.)?data\b", text):
         return ConfigError(
@@ -135,3 +180,23 @@ def explain(err: argparse.ArgumentError, argv: Sequence[str], top_level: Sequenc
             "of mlplab.data.IDXDataModule by import path)."
         )
     return err
+
+
+# words of Lightning's refusals that concern the machine, not an argument's value
+HARDWARE_WORDS = re.compile(r"accelerator|devices?\b|GPU|CUDA|TPU|MPS|XLA|strategy|precision|num_nodes|not installed|No module named", re.I)
+
+
+def describe_trainer_error(err: Exception, config: dict[str, Any], argv: Sequence[str]) -> ConfigError:
+    """Lightning's refusal to build the Trainer as one paragraph: a hardware problem names the machine, a bad argument its key."""
+    argument = re.match(r"`(\w+)`", str(err))
+    if argument and argument[1] in config and not HARDWARE_WORDS.search(argument[1]):
+        key = f"trainer.{argument[1]}"
+        return ConfigError(f"{key}={config.get(argument[1])!r} (from {source_of(key, argv)}) is not allowed: {err}")
+    if not HARDWARE_WORDS.search(str(err)):
+        return ConfigError(f"Lightning's Trainer refused the trainer options: {err}")
+    chosen = ", ".join(f"trainer.{key}={config.get(key)!r}" for key in ("accelerator", "devices", "strategy", "precision"))
+    gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    return ConfigError(
+        f"Lightning's Trainer cannot run {chosen} here: {err} This machine has {gpus} CUDA GPU(s) and "
+        f"{os.cpu_count()} CPU core(s); trainer.accelerator=cpu (or auto) runs anywhere."
+    )

@@ -21,7 +21,6 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-import torch
 from jsonargparse import Namespace
 from lightning.pytorch import Trainer
 from lightning.pytorch.callbacks import Callback, LearningRateMonitor, ModelCheckpoint, ProgressBar, TQDMProgressBar
@@ -34,7 +33,7 @@ from lightning.pytorch.utilities.exceptions import MisconfigurationException
 from mlplab import model_config
 from mlplab.callbacks import TestDiagnostics, TrainBatchImageGrid
 from mlplab.checkpointing import AtomicCheckpointIO, GracefulInterrupt, check_checkpoint_file
-from mlplab.cli.config_sources import check_config_files, explain
+from mlplab.cli.config_sources import check_config_files, describe_trainer_error, explain
 from mlplab.cli.defaults import OFF_BY_DEFAULT_CALLBACKS, OPTIONAL_CALLBACKS, OTHER_COMMANDS, class_default, config_keys, data_module_names
 from mlplab.cli.messages import describe_instantiation_error
 from mlplab.cli.run_logging import RunLogging
@@ -110,6 +109,7 @@ class MLPLabCLI(RunLogging):
         (This runs before LightningCLI reads the checkpoint's hparams.)
         """
         argv = list(sys.argv[1:] if args is None else args) if not isinstance(args, (dict, Namespace)) else []
+        self.argv = argv
         check_config_files(argv)
         try:
             super().parse_arguments(parser, args)
@@ -174,15 +174,12 @@ class MLPLabCLI(RunLogging):
             self.trainer_defaults["callbacks"] = [c for c in defaults if not isinstance(c, ProgressBar)]
         try:
             return super()._instantiate_trainer(config, trainer_callbacks)
-        except (MisconfigurationException, ModuleNotFoundError) as err:
-            # Lightning refuses hardware options this machine cannot run (accelerator=gpu without a GPU, tpu without
-            # torch_xla, ...) with a traceback that names neither the option nor the machine
-            chosen = ", ".join(f"trainer.{key}={config.get(key)!r}" for key in ("accelerator", "devices", "strategy", "precision"))
-            gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
-            raise ConfigError(
-                f"Lightning's Trainer cannot run {chosen} here: {err} This machine has {gpus} CUDA GPU(s) and "
-                f"{os.cpu_count()} CPU core(s); trainer.accelerator=cpu (or auto) runs anywhere."
-            ) from err
+        except MLPLabError:
+            raise
+        except (MisconfigurationException, ModuleNotFoundError, ValueError) as err:
+            # Lightning refuses a bad Trainer argument (`max_epochs` must be ...) or hardware options this machine
+            # cannot run (accelerator=gpu without a GPU, tpu without torch_xla, ...) with a traceback
+            raise describe_trainer_error(err, config, self.argv) from err
 
     def before_fit(self) -> None:
         self._preflight()

@@ -67,6 +67,10 @@ VERIFIED_CALLBACKS = frozenset(
         "lightning.pytorch.callbacks.timer.Timer",
         "lightning.pytorch.callbacks.weight_averaging.EMAWeightAveraging",
         "lightning.pytorch.callbacks.weight_averaging.WeightAveraging",
+        # acts in predict only (mlplab's CSVPredictionWriter, a CLI default, is one)
+        "lightning.pytorch.callbacks.prediction_writer.BasePredictionWriter",
+        # LightningCLI's: writes the run's config.yaml in setup (every `mlplab fit` has it: tests/test_e2e.py)
+        "lightning.pytorch.cli.SaveConfigCallback",
         "mlplab.callbacks.LayerGradientNorms",
         "mlplab.callbacks.FusedEMAWeightAveraging",
         # mlplab tune's pruning callback: on_fit_start only checks the study's storage

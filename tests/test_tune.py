@@ -179,18 +179,37 @@ def test_a_tune_process_killed_mid_trial_leaves_a_study_that_loads_and_continues
     deadline = time.monotonic() + 120
     while not list(folder.glob("trial_0000/events.out.tfevents.*")) and time.monotonic() < deadline:
         time.sleep(0.2)
-    trials = subprocess.run(["pgrep", "-P", str(process.pid), "-f", "mlplab.tune.trial"], capture_output=True, text=True).stdout.split()
-    assert len(trials) == 1  # this tune process's running trial (other tests may run trials of their own at the same time)
+    study = optuna.load_study(study_name="killed", storage=f"sqlite:///{folder / 'study.db'}")
+    trial_pid = study.trials[0].user_attrs["trial_process"]  # (set when the trial's process started)
+    assert running(trial_pid)
     os.kill(process.pid, signal.SIGKILL)
     process.wait()
-    time.sleep(1)
-    assert not running(int(trials[0]))  # the trial died with it
+    deadline = time.monotonic() + 60  # the fork server sees its parent gone, exits, and the trial's PDEATHSIG fires
+    while running(trial_pid) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not running(trial_pid)  # the trial died with it
     study = optuna.load_study(study_name="killed", storage=f"sqlite:///{folder / 'study.db'}")
     assert [t.state for t in study.trials] == [optuna.trial.TrialState.RUNNING]
     time.sleep(3.5)  # three missed heartbeats
     result = mlplab(workdir, *args, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
     assert [row["state"] for row in rows(folder)] == ["fail", "complete"]
+
+
+@pytest.mark.slow
+def test_warm_and_plain_trial_processes_give_the_same_trials(workdir):  # noqa: F811
+    # trials forked from the warm server and trials started from scratch: the same fits, values and best.yaml
+    write_space(workdir)
+    tables, best = {}, {}
+    for launch in ("process", "warm"):
+        args = tune_args(f"same_{launch}", 3, "--sampler_seed", "7", "--pruner", "none", "--launch", launch)
+        result = mlplab(workdir, *args, timeout=300)
+        assert result.returncode == 0, result.stderr[-3000:]
+        folder = workdir / "logs" / "tune" / f"same_{launch}"
+        tables[launch] = [{k: v for k, v in row.items() if k not in ("seconds", "process", "run")} for row in rows(folder)]
+        best[launch] = (folder / "best.yaml").read_text().split("\n", 1)[1]  # (its first line names the study)
+    assert tables["process"] == tables["warm"] and [row["state"] for row in tables["warm"]] == ["complete"] * 3
+    assert best["process"] == best["warm"]
 
 
 # ---------------------------------------------------------------- several machines: a shared PostgreSQL database
@@ -275,27 +294,66 @@ def test_optuna_dashboard_serves_the_study_on_loopback(tmp_path):
         server.wait(timeout=30)
 
 
+# Sends SIGINT to its own process group (the terminal's Ctrl-C: the tune process and its trials) from inside
+# the first trial, at the chosen hook, once: the signal comes at a known moment of the study, however busy the machine.
+CTRL_C_CALLBACK = """
+import os, signal
+from pathlib import Path
+from lightning.pytorch import Callback
+
+class CtrlCAt(Callback):
+    def __init__(self, hook: str):
+        self.hook = hook
+        setattr(self, hook, self.press)
+
+    def press(self, trainer, *args, **kwargs):
+        marker = Path("ctrl_c_pressed")
+        if not marker.exists():
+            marker.touch()
+            os.killpg(os.getpgrp(), signal.SIGINT)
+"""
+CTRL_C_MOMENTS = {
+    "the trial starts": "setup",
+    "the trial trains": "on_train_batch_end",
+    "the trial validates": "on_validation_start",
+    "the trial ends and is recorded": "teardown",
+}
+
+
+@pytest.fixture
+def cpu_load():
+    """A CPU-heavy job beside the test (a busy process), as on a shared machine."""
+    burners = [subprocess.Popen([sys.executable, "-c", "while True: pass"])]
+    yield
+    for burner in burners:
+        burner.kill()
+        burner.wait()
+
+
 @pytest.mark.slow
-def test_ctrl_c_stops_the_study_cleanly_and_says_how_to_continue(workdir):  # noqa: F811
+@pytest.mark.parametrize("moment", list(CTRL_C_MOMENTS))
+def test_ctrl_c_at_any_moment_stops_the_study_with_130_and_it_continues(workdir, cpu_load, moment):  # noqa: F811
     write_space(workdir)
-    args = tune_args("stopped", 3)
+    (workdir / "ctrlc.py").write_text(CTRL_C_CALLBACK)
+    args = [*tune_args("stopped", 2), "--pruner", "none"]
+    pressing = ["--trainer.callbacks+=ctrlc.CtrlCAt", f"--trainer.callbacks.hook={CTRL_C_MOMENTS[moment]}"]
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(workdir), os.environ.get("PYTHONPATH", "")])}
     # its own process group, as a terminal's foreground job: Ctrl-C reaches the tune process and its trial
     process = subprocess.Popen(
-        [sys.executable, "-m", "mlplab.cli", *args], cwd=workdir, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-        text=True, start_new_session=True,
+        [sys.executable, "-m", "mlplab.cli", *args, *pressing], cwd=workdir, env=env, stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE, text=True, start_new_session=True,
     )  # fmt: skip
-    folder = workdir / "logs" / "tune" / "stopped"
-    deadline = time.monotonic() + 120
-    while not list(folder.glob("trial_0000/events.out.tfevents.*")) and time.monotonic() < deadline:
-        time.sleep(0.1)
-    os.killpg(process.pid, signal.SIGINT)
-    stdout, stderr = process.communicate(timeout=120)
-    assert process.returncode == 130, stderr[-3000:]
+    stdout, stderr = process.communicate(timeout=300)
+    assert (workdir / "ctrl_c_pressed").exists()
+    assert process.returncode == 130, stdout[-2000:] + stderr[-3000:]
     assert "mlplab tune: interrupted; the study keeps its 1 finished trials" in stdout
     assert "Run the same command again to continue it (--study stopped)" in stdout
-    table = rows(folder)
-    assert [row["state"] for row in table] == ["fail"] and table[0]["reason"].startswith("interrupted (Ctrl-C)")
-    again = mlplab(workdir, *args, timeout=300)  # continues to the study's 3 trials
+    folder = workdir / "logs" / "tune" / "stopped"
+    [first] = rows(folder)  # no second trial was started
+    if first["state"] == "fail":
+        assert first["reason"].startswith("interrupted (Ctrl-C)"), first
+    else:  # the signal came after the fit had finished: the trial is complete, and recorded as such
+        assert moment == "the trial ends and is recorded" and first["state"] == "complete", first
+    again = mlplab(workdir, *args, *pressing, timeout=300)  # the same command continues to the study's 2 trials
     assert again.returncode == 0, again.stderr[-3000:]
-    assert [row["state"] for row in rows(folder)] == ["fail", "complete", "complete"]
+    assert [row["state"] for row in rows(folder)] == [first["state"], "complete"]

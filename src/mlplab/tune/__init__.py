@@ -1,6 +1,8 @@
 """``mlplab tune``: hyper-parameter search with Optuna, each trial an ordinary ``mlplab fit`` run.
 
-- :mod:`mlplab.tune.command`: the command, the study (sampler, pruner, storage) and the objective;
+- :mod:`mlplab.tune.command`: the command and the objective (parse, check, run the study, report);
+- :mod:`mlplab.tune.study`: the Optuna study (sampler, pruner, create or join);
+- :mod:`mlplab.tune.launch`: how a trial's process starts (forked warm, or new) and how Ctrl-C reaches the study;
 - :mod:`mlplab.tune.space`: the search-space file;
 - :mod:`mlplab.tune.storage`: the embedded SQLite default or a shared database URL;
 - :mod:`mlplab.tune.trial`: the trial process and its pruning callback;

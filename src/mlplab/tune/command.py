@@ -3,8 +3,10 @@
 Optuna does the searching (its samplers and pruners), the bookkeeping (its storage: the embedded
 SQLite file, or a shared database that processes on several machines join) and the running of
 several trials at once (``study.optimize(n_jobs=K)``: K threads, each waiting on its own trial
-process). This module only turns a trial's parameters into ``--key=value`` overrides, starts the
-trial process (:mod:`mlplab.tune.trial`) and reads back its result.
+process). The data flow one way: parse the options, load the space (:mod:`~mlplab.tune.space`),
+check it against the config and open the study (:mod:`~mlplab.tune.report`,
+:mod:`~mlplab.tune.study`), start and wait for each trial's process (:mod:`~mlplab.tune.launch`),
+write the tables and ``best.yaml`` (:mod:`~mlplab.tune.report`).
 """
 
 from __future__ import annotations
@@ -14,37 +16,41 @@ import json
 import os
 import signal
 import socket
-import subprocess
 import sys
-import threading
 import warnings
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import optuna
-from optuna.trial import TrialState
 
+from mlplab.cli.lightning_cli import MLPLabCLI
 from mlplab.errors import ConfigError
 from mlplab.tune import report
+from mlplab.tune.launch import LAUNCHES, TrialLauncher
 from mlplab.tune.space import Parameter, as_override, grid_space, load_space
-from mlplab.tune.storage import embedded_url, open_storage, shown
-from mlplab.tune.trial import TRIAL_ENV, make_pruner
+from mlplab.tune.storage import embedded_url, shown
+from mlplab.tune.study import COUNTED_STATES, counted_trials, open_study
 
-# what counts towards --n_trials: every trial that ran or runs (a trial lost with its process is marked failed)
-COUNTED_STATES = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL, TrialState.RUNNING)
+# Trainer arguments whose values may make a trial run several processes (Lightning's launcher re-runs the command)
+MULTI_PROCESS_KEYS = ("trainer.devices", "trainer.num_nodes", "trainer.strategy")
 
 
 @dataclass
 class TuneRun:
-    """What every trial of this process shares: the options, the study and where trials write."""
+    """What every trial of this process shares: the options, the study's folder and the launcher of trial processes."""
 
     options: argparse.Namespace
     fit_args: list[str]
     space: list[Parameter]
     folder: Path
     storage_url: str
-    interrupted: threading.Event = field(default_factory=threading.Event)
+    launcher: TrialLauncher
+    plain_processes: bool  # trials of several processes start as new processes (see mlplab.tune.launch)
+
+    @property
+    def interrupted(self) -> bool:
+        return self.launcher.ctrl_c.requested.is_set()
 
     def objective(self, trial: optuna.Trial) -> float:
         """Run the trial's ``mlplab fit`` process; its best validation value of ``--metric``.
@@ -61,13 +67,14 @@ class TuneRun:
         trial.set_user_attr("host", socket.gethostname())
         trial.set_user_attr("process", os.getpid())
         trial.set_user_attr("run", str(run_dir))
+        if self.interrupted:  # Ctrl-C came after the last trial ended and before this one started
+            return self._failed(trial, run_dir, f"interrupted (Ctrl-C) before it started; the study stops here (run: {run_dir})")
         logger = {
             "class_path": "lightning.pytorch.loggers.TensorBoardLogger",
             "init_args": {"save_dir": str(self.folder.parent), "name": self.folder.name, "version": version},
         }
-        command = [
-            sys.executable, "-m", "mlplab.tune.trial", "fit", *self.fit_args,
-            *(as_override(key, value) for key, value in values.items()),
+        argv = [
+            "fit", *self.fit_args, *(as_override(key, value) for key, value in values.items()),
             f"--trainer.logger={json.dumps(logger)}", "--trainer.enable_progress_bar=false", "--test_after_fit=false",
         ]  # fmt: skip
         spec = {
@@ -77,13 +84,10 @@ class TuneRun:
         }  # fmt: skip
         # (Trial._trial_id: the storage's key of this trial, what a second process needs to report to it; Optuna
         # has no public accessor for it on a running trial)
-        env = {**os.environ, TRIAL_ENV: json.dumps(spec)}
-        if self.options.workers > 1:  # K trials at a time share the cores instead of each taking all of them
-            threads = str(max(1, len(os.sched_getaffinity(0)) // self.options.workers))
-            env.update(OMP_NUM_THREADS=threads, MKL_NUM_THREADS=threads)
-        returncode = self._run(command, env, run_dir / "fit.log")
-        if self.interrupted.is_set():
-            trial.study.stop()  # no new trials after Ctrl-C (Optuna allows stop() inside the objective)
+        plain = self.plain_processes or any(key in values for key in MULTI_PROCESS_KEYS)
+        process = self.launcher.start(argv, spec, run_dir / "fit.log", plain=plain)
+        trial.set_user_attr("trial_process", process.pid)
+        returncode = process.wait()
         outcome = json.loads(result_file.read_text()) if result_file.is_file() else {}
         trial.set_user_attr("epochs", outcome.get("epochs"))
         if returncode == 0 and outcome.get("pruned_at") is not None:
@@ -91,27 +95,22 @@ class TuneRun:
             raise optuna.TrialPruned(f"pruned after epoch {outcome['pruned_at']}")
         if returncode == 0 and outcome.get("objective") is not None:
             return float(outcome["objective"])
-        reason = (
-            f"interrupted (Ctrl-C); the run's last.ckpt is in {run_dir / 'checkpoints'}"
-            if self.interrupted.is_set()
-            else failure_reason(returncode, run_dir / "fit.log", self.options.metric)
-        )
+        if self.interrupted:
+            return self._failed(trial, run_dir, f"interrupted (Ctrl-C); the run's last.ckpt is in {run_dir / 'checkpoints'}")
+        return self._failed(trial, run_dir, failure_reason(returncode, run_dir / "fit.log", self.options.metric))
+
+    def _failed(self, trial: optuna.Trial, run_dir: Path, reason: str) -> float:
         trial.set_user_attr("reason", reason)
-        print(f"mlplab tune: trial {trial.number} failed: {reason} (log: {run_dir / 'fit.log'})", file=sys.stderr, flush=True)
+        if self.interrupted:
+            trial.study.stop()  # no new trials after Ctrl-C (Optuna allows stop() inside the objective)
+        else:
+            print(f"mlplab tune: trial {trial.number} failed: {reason} (log: {run_dir / 'fit.log'})", file=sys.stderr, flush=True)
         return float("nan")
 
-    def _run(self, command: list[str], env: dict[str, str], log_path: Path) -> int:
-        """The trial process's exit code. Ctrl-C reaches it too (same process group): wait for it to stop cleanly."""
-        with log_path.open("w") as log, subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env) as process:
-            while True:
-                try:
-                    returncode = process.wait()
-                    break
-                except KeyboardInterrupt:
-                    self.interrupted.set()
-        if returncode in (130, -signal.SIGINT):
-            self.interrupted.set()
-        return returncode
+    def stop_when_interrupted(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+        """Optuna callback after every trial: no new trial once Ctrl-C was pressed (whichever trial saw it)."""
+        if self.interrupted:
+            study.stop()
 
 
 def failure_reason(returncode: int, log_path: Path, metric: str) -> str:
@@ -147,6 +146,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--timeout", type=float, default=None, help="Seconds after which this process starts no new trial.")
     parser.add_argument("--heartbeat", type=int, default=10, help="Seconds between a running trial's heartbeats (3 missed: failed).")
     parser.add_argument("--log_dir", default="logs/tune", help="Trials' TensorBoard runs go to LOG_DIR/STUDY/trial_NNNN.")
+    parser.add_argument(
+        "--launch", choices=LAUNCHES, default="warm",
+        help="How trial processes start: forked from a process that imported torch and Lightning once (warm), or from scratch.",
+    )  # fmt: skip
     return parser
 
 
@@ -163,36 +166,6 @@ def parse_options(argv: Sequence[str]) -> tuple[argparse.Namespace, list[str]]:
     if any(arg in ("fit", "validate", "test", "predict") for arg in fit_args[:1]):
         raise ConfigError(f"mlplab tune runs `fit` itself; leave out {fit_args[0]!r}.")
     return options, fit_args
-
-
-def make_sampler(options: argparse.Namespace, space: list[Parameter]) -> optuna.samplers.BaseSampler:
-    if options.sampler == "grid":
-        return optuna.samplers.GridSampler(grid_space(space, options.space), seed=options.sampler_seed)
-    if options.sampler == "random":
-        return optuna.samplers.RandomSampler(seed=options.sampler_seed)
-    return optuna.samplers.TPESampler(seed=options.sampler_seed)
-
-
-def open_study(options: argparse.Namespace, url: str, space: list[Parameter]) -> optuna.Study:
-    """Create the study or join it; ConfigError when an existing study optimizes the other way."""
-    storage = open_storage(url, heartbeat_interval=options.heartbeat)
-    try:
-        existing = optuna.load_study(study_name=options.study, storage=storage)
-    except KeyError:
-        existing = None
-    if existing is not None and existing.direction.name.lower() != options.direction:
-        raise ConfigError(
-            f"study {options.study!r} in {shown(url)} {existing.direction.name.lower()}s, but --direction {options.direction} was "
-            "given; use the study's direction or another --study name."
-        )
-    return optuna.create_study(
-        study_name=options.study, storage=storage, direction=options.direction, load_if_exists=True,
-        sampler=make_sampler(options, space), pruner=make_pruner(options.pruner, options.pruner_startup_trials),
-    )  # fmt: skip
-
-
-def counted_trials(study: optuna.Study) -> int:
-    return len(study.get_trials(deepcopy=False, states=COUNTED_STATES))
 
 
 def tune_command(argv: Sequence[str]) -> None:
@@ -214,22 +187,26 @@ def tune_command(argv: Sequence[str]) -> None:
         if created:  # a refused command leaves nothing behind
             report.remove_if_empty(folder)
         raise
-    tune = TuneRun(options, fit_args, space, folder, url)
-    with report.quiet_lightning():  # (this process only builds configs; each trial process logs as mlplab fit does)
+    threads = max(1, len(os.sched_getaffinity(0)) // options.workers) if options.workers > 1 else None
+    launcher = TrialLauncher(options.launch, threads)  # K trials at a time share the cores instead of each taking all of them
+    tune = TuneRun(options, fit_args, space, folder, url, launcher, runs_several_processes(base_config))
+    with report.quiet_lightning(), launcher.ctrl_c.installed():  # (this process only builds configs; trials log as mlplab fit does)
         print(
             f"mlplab tune: study {options.study!r} in {shown(url)}: {counted_trials(study)}/{options.n_trials} trials so far; "
             f"{options.workers} at a time here; trials in {folder}/trial_NNNN. Other processes join with the same --study and --storage.",
             flush=True,
         )
         optuna.storages.fail_stale_trials(study)  # trials of a process that died (missed heartbeats) count as failed
-        try:
-            if counted_trials(study) < options.n_trials:
-                study.optimize(
-                    tune.objective,
-                    n_jobs=options.workers,
-                    timeout=options.timeout,
-                    callbacks=[optuna.study.MaxTrialsCallback(options.n_trials, states=COUNTED_STATES)],
-                )
-        except KeyboardInterrupt:
-            tune.interrupted.set()
-        report.finish(study, space, folder, fit_args, base_config, options, interrupted=tune.interrupted.is_set())
+        if counted_trials(study) < options.n_trials and not tune.interrupted:
+            study.optimize(
+                tune.objective,
+                n_jobs=options.workers,
+                timeout=options.timeout,
+                callbacks=[optuna.study.MaxTrialsCallback(options.n_trials, states=COUNTED_STATES), tune.stop_when_interrupted],
+            )
+        report.finish(study, space, folder, fit_args, base_config, options, interrupted=tune.interrupted)
+
+
+def runs_several_processes(base: MLPLabCLI) -> bool:
+    """Whether the base config's Trainer runs on several devices or nodes (its trials then start as new processes)."""
+    return base.trainer.num_devices > 1 or base.trainer.num_nodes > 1

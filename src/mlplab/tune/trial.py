@@ -1,10 +1,10 @@
 """One trial of ``mlplab tune``: an ordinary ``mlplab fit`` process with the trial's pruning callback.
 
-``mlplab tune`` starts ``python -m mlplab.tune.trial fit ARGS...`` with the trial's identity in the
-``MLPLAB_TRIAL`` environment variable (JSON: storage URL, study, trial id, metric, direction, result
-file). Running each trial as its own process keeps trials apart (a crash, a divergence or leaked
-memory ends one trial, not the search) and lets a trial use Lightning's launchers: with
-``--trainer.devices=2`` Lightning re-runs this same command for its second rank.
+The tune process starts it (:mod:`mlplab.tune.launch`) forked from its warm server
+(:func:`mlplab.tune.launch.run_forked_trial` calls :func:`run_trial`), or as
+``python -m mlplab.tune.trial fit ARGS...`` with the trial's identity in the ``MLPLAB_TRIAL``
+environment variable (JSON: storage URL, study, trial id, metric, direction, result file); with
+``--trainer.devices=2`` Lightning re-runs that command for its second rank.
 
 The process reports every validation value of the metric to Optuna through optuna-integration's
 :class:`PyTorchLightningPruningCallback` (which raises ``optuna.TrialPruned`` when the pruner says
@@ -29,18 +29,9 @@ from optuna_integration import PyTorchLightningPruningCallback
 
 from mlplab.cli import main
 from mlplab.data.idx import atomic_write_bytes
+from mlplab.tune.launch import TRIAL_ENV
 from mlplab.tune.storage import open_storage
-
-TRIAL_ENV = "MLPLAB_TRIAL"
-
-
-def make_pruner(name: str, startup_trials: int) -> optuna.pruners.BasePruner:
-    """The study's pruner. (Optuna keeps it with the Study object, not in the storage: the trial process builds the same one.)"""
-    if name == "median":
-        return optuna.pruners.MedianPruner(n_startup_trials=startup_trials)
-    if name == "hyperband":
-        return optuna.pruners.HyperbandPruner()
-    return optuna.pruners.NopPruner()
+from mlplab.tune.study import make_pruner
 
 
 class TrialRecorder(Callback):
@@ -77,8 +68,8 @@ class TrialRecorder(Callback):
             atomic_write_bytes(self.result_file, json.dumps(result).encode())
 
 
-def _die_with_parent() -> None:
-    """Ask Linux to SIGKILL this process when the tune process that started it dies (nobody would record it)."""
+def die_with_parent() -> None:
+    """Ask Linux to SIGKILL this process when the process that started it dies (the tune process, or its fork server)."""
     try:
         ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
     except (OSError, AttributeError):
@@ -106,5 +97,5 @@ def run_trial(argv: list[str], spec: dict[str, Any]) -> None:
 
 if __name__ == "__main__":
     if os.environ.get("LOCAL_RANK", "0") == "0":
-        _die_with_parent()
+        die_with_parent()
     run_trial(sys.argv[1:], json.loads(os.environ[TRIAL_ENV]))

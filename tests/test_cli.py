@@ -158,7 +158,7 @@ def test_a_callback_refusing_its_arguments_gives_one_paragraph(capsys, scratch_c
                 "--config",
                 "configs/mnist.yaml",
                 f"--data.data_dir={REAL_DATA_DIR}",
-                f"--trainer.logger.init_args.save_dir={tmp_path}",
+                f"--trainer.logger.init_args.save_dir={tmp_path / 'runs'}",
                 "--trainer.callbacks+=lightning.pytorch.callbacks.EMAWeightAveraging",
                 "--trainer.callbacks.decay=1.5",
             ]
@@ -169,7 +169,7 @@ def test_a_callback_refusing_its_arguments_gives_one_paragraph(capsys, scratch_c
         "mlplab: error: lightning.pytorch.callbacks.EMAWeightAveraging refused its arguments: "
         "Invalid decay value 1.5 provided. Please provide a value in [0,1] range."
     )
-    assert list(tmp_path.rglob("*")) == []  # the claimed version folder and the logs/<name>/ it created were removed
+    assert not (tmp_path / "runs").exists()  # the claimed version folder and the logs/<name>/ it created were removed
 
 
 def test_instantiation_error_without_union_report_or_message():

@@ -12,59 +12,59 @@
 from __future__ import annotations
 
 import argparse
+import importlib
 import os
-import re
-import signal
 import sys
 import traceback
 from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
 
-from lightning.pytorch import Callback
-from lightning.pytorch.utilities.exceptions import SIGTERMException
-
-from mlplab.cli.commands import data_command, export_command
-from mlplab.cli.lightning_cli import MLPLabCLI
-from mlplab.cli.messages import describe_argument_error, describe_instantiation_error
 from mlplab.errors import MLPLabError
 
+if TYPE_CHECKING:
+    from lightning.pytorch import Callback
+
+    from mlplab.cli.commands import data_command, export_command
+    from mlplab.cli.lightning_cli import MLPLabCLI
+    from mlplab.cli.messages import describe_argument_error, describe_instantiation_error
+
 __all__ = ["MLPLabCLI", "data_command", "describe_argument_error", "describe_instantiation_error", "export_command", "main"]
+# imported on first use: `mlplab tune` starts its trials' fork server before this process imports torch and Lightning
+_EXPORTS = {
+    "MLPLabCLI": "mlplab.cli.lightning_cli",
+    "data_command": "mlplab.cli.commands",
+    "export_command": "mlplab.cli.commands",
+    "describe_argument_error": "mlplab.cli.messages",
+    "describe_instantiation_error": "mlplab.cli.messages",
+}
 
 
-# how gloo and NCCL report a peer process that is gone
-LOST_PEER = re.compile(r"Connection reset by peer|Connection closed by peer|Broken pipe|NCCL communicator was aborted")
+def __getattr__(name: str) -> Any:
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(_EXPORTS[name]), name)
+    raise AttributeError(f"module 'mlplab.cli' has no attribute {name!r}")
 
 
 def main(args: Sequence[str] | None = None, extra_callbacks: Sequence[Callback] = ()) -> None:
     """Entry point of the ``mlplab`` console script (``extra_callbacks``: see :class:`MLPLabCLI`)."""
     argv = list(sys.argv[1:] if args is None else args)
     try:
-        if argv[:1] == ["data"]:
-            data_command(argv[1:])
-        elif argv[:1] == ["export"]:
-            export_command(argv[1:])
-        elif argv[:1] == ["tune"]:
-            from mlplab.tune.command import tune_command  # (imports Optuna only when it is used)
+        if argv[:1] == ["tune"]:
+            from mlplab.tune.command import tune_command
 
             tune_command(argv[1:])
         else:
-            MLPLabCLI(args=None if args is None else argv, extra_callbacks=extra_callbacks)
-    except RuntimeError as err:
-        lost_peer = LOST_PEER.search(str(err))
-        if lost_peer is None:
-            raise
-        # torch.distributed's report when another process of the run died: a traceback from inside backward()
-        print(
-            f"mlplab: error: another process of this distributed run stopped ({lost_peer[0]}); this one cannot go on without it. "
-            "Start every node again with --ckpt_path last: all of them resume from the run's last.ckpt.",
-            file=sys.stderr,
-        )
-        sys.exit(1)
-    except SIGTERMException:
-        # Lightning's SIGTERMException is a SystemExit with status 0; a scheduler must see a job that did not finish
-        sys.exit(128 + signal.SIGTERM)
+            from mlplab.cli.commands import run_command
+
+            run_command(argv, extra_callbacks, from_sys_argv=args is None)
     except (MLPLabError, argparse.ArgumentError) as err:
         if os.environ.get("MLPLAB_DEBUG"):
             traceback.print_exc()
-        message = describe_argument_error(err) if isinstance(err, argparse.ArgumentError) else str(err)
+        if isinstance(err, argparse.ArgumentError):
+            from mlplab.cli.messages import describe_argument_error
+
+            message = describe_argument_error(err)
+        else:
+            message = str(err)
         print(f"mlplab: error: {message}", file=sys.stderr)
         sys.exit(2)

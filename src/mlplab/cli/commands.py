@@ -1,12 +1,50 @@
-"""``mlplab export`` and ``mlplab data``: the commands that are not Lightning's."""
+"""The commands but ``tune``: ``fit | validate | test | predict`` (:class:`MLPLabCLI`), ``data`` and ``export``."""
 
 from __future__ import annotations
 
 import argparse
+import re
+import signal
+import sys
 from collections.abc import Sequence
 
+from lightning.pytorch import Callback
+from lightning.pytorch.utilities.exceptions import SIGTERMException
+
+from mlplab.cli.lightning_cli import MLPLabCLI
 from mlplab.data.datamodules import DATAMODULES
 from mlplab.data.sources import ensure_dataset
+
+# how gloo and NCCL report a peer process that is gone
+LOST_PEER = re.compile(r"Connection reset by peer|Connection closed by peer|Broken pipe|NCCL communicator was aborted")
+
+
+def run_command(argv: list[str], extra_callbacks: Sequence[Callback] = (), from_sys_argv: bool = False) -> None:
+    """``mlplab data``, ``mlplab export``, or LightningCLI's subcommands; a lost DDP peer and SIGTERM as exit statuses.
+
+    ``from_sys_argv``: ``argv`` is the command line, which LightningCLI then reads itself (``args=None``).
+    """
+    try:
+        if argv[:1] == ["data"]:
+            data_command(argv[1:])
+        elif argv[:1] == ["export"]:
+            export_command(argv[1:])
+        else:
+            MLPLabCLI(args=None if from_sys_argv else argv, extra_callbacks=extra_callbacks)
+    except RuntimeError as err:
+        lost_peer = LOST_PEER.search(str(err))
+        if lost_peer is None:
+            raise
+        # torch.distributed's report when another process of the run died: a traceback from inside backward()
+        print(
+            f"mlplab: error: another process of this distributed run stopped ({lost_peer[0]}); this one cannot go on without it. "
+            "Start every node again with --ckpt_path last: all of them resume from the run's last.ckpt.",
+            file=sys.stderr,
+        )
+        sys.exit(1)
+    except SIGTERMException:
+        # Lightning's SIGTERMException is a SystemExit with status 0; a scheduler must see a job that did not finish
+        sys.exit(128 + signal.SIGTERM)
 
 
 def export_command(argv: Sequence[str]) -> None:

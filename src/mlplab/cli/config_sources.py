@@ -116,12 +116,11 @@ def source_of(key: str, argv: Sequence[str]) -> str:
 
 
 def unknown_top_level_key(argv: Sequence[str], top_level: Sequence[str]) -> ConfigError | None:
-    """A ConfigError for the first top-level key of a config file that is not an option (``modle:``), else None."""
+    """A ConfigError for the first key of a config file under a top-level name that is not an option (``modle:``), else None."""
     for path in config_files(argv):
-        content = read_config_file(path)
-        for key in content or {}:
-            if key not in top_level:
-                guess = nearest(str(key), top_level)
+        for key in dotted_keys(read_config_file(path) or {}):
+            if key.partition(".")[0] not in top_level:
+                guess = nearest(key, top_level)
                 hint = f" Did you mean `{guess}`?" if guess else ""
                 return ConfigError(
                     f"`{key}` (from config file {path!r}) is not an option of mlplab's config.{hint} `--help` lists every option."

@@ -1,6 +1,7 @@
 """``mlplab tune``: hyper-parameter search with Optuna, each trial an ordinary ``mlplab fit`` run.
 
-- :mod:`mlplab.tune.command`: the command and the objective (parse, check, run the study, report);
+- :mod:`mlplab.tune.command`: the command's options; it starts the trials' fork server first;
+- :mod:`mlplab.tune.search`: the search (check the space, open the study, the objective, report);
 - :mod:`mlplab.tune.study`: the Optuna study (sampler, pruner, create or join);
 - :mod:`mlplab.tune.launch`: how a trial's process starts (forked warm, or new) and how Ctrl-C reaches the study;
 - :mod:`mlplab.tune.space`: the search-space file;

@@ -27,6 +27,7 @@ import contextlib
 import importlib
 import json
 import multiprocessing
+import multiprocessing.forkserver
 import os
 import signal
 import subprocess
@@ -38,6 +39,8 @@ from typing import Any
 
 # named, not imported: the trial module is the child's (importing it here would tie the tune process to mlplab.cli)
 TRIAL_MODULE = "mlplab.tune.trial"
+WARM_UP_MODULE = "mlplab.tune.warm"  # builds the study's config once in the server (see that module)
+WARM_UP_ENV = "MLPLAB_TUNE_WARM_UP"
 TRIAL_ENV = "MLPLAB_TRIAL"  # the plain process's trial spec (JSON)
 LAUNCHES = ("warm", "process")
 
@@ -89,13 +92,21 @@ class TrialProcess:
 class TrialLauncher:
     """Starts trial processes the ``launch`` way (``warm`` or ``process``) with ``threads`` torch threads each (None: all cores)."""
 
-    def __init__(self, launch: str, threads: int | None) -> None:
+    def __init__(self, launch: str, threads: int | None, fit_args: list[str]) -> None:
         self.launch, self.threads = launch, threads
         self.context = None
         shared = None
         if launch == "warm":
             self.context = multiprocessing.get_context("forkserver")
-            self.context.set_forkserver_preload([TRIAL_MODULE])
+            self.context.set_forkserver_preload([TRIAL_MODULE, WARM_UP_MODULE])
+            # start the server now: its imports and warm-up (seconds) run while the tune process checks the space and
+            # opens the study, instead of before the first trial (the module-level function of Python's forkserver
+            # module; the server takes this process's environment when it starts, the warm-up's arguments with it)
+            os.environ[WARM_UP_ENV] = json.dumps(fit_args)
+            try:
+                multiprocessing.forkserver.ensure_running()
+            finally:
+                del os.environ[WARM_UP_ENV]
             shared = self.context.Event()
         self.ctrl_c = CtrlC(shared)
 

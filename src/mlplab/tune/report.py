@@ -57,7 +57,11 @@ def resolved_config(args: Sequence[str]) -> MLPLabCLI:
 
 
 def check_space_against_config(fit_args: Sequence[str], space: Sequence[Parameter], source: str, metric: str) -> MLPLabCLI:
-    """ConfigError naming the key and value for anything the config or model refuses; the base config's CLI."""
+    """ConfigError naming the key and value for anything the config or model refuses; the base config's CLI.
+
+    The values are checked together (the i-th value of every parameter in one build: as many builds as the longest
+    list of values); only a combination that is refused is checked value by value, to name the one refused.
+    """
     try:
         base = resolved_config(fit_args)
     except (MLPLabError, argparse.ArgumentError) as err:
@@ -66,12 +70,19 @@ def check_space_against_config(fit_args: Sequence[str], space: Sequence[Paramete
     if metric not in logged:
         choices = ", ".join(sorted(k for k in logged if k.startswith("val/")))
         raise ConfigError(f"--metric {metric!r} is never logged by this model; validation metrics: {choices}.")
-    for parameter in space:
-        for value in parameter.values_to_check():
-            try:
-                resolved_config([*fit_args, as_override(parameter.key, value)])
-            except (MLPLabError, argparse.ArgumentError) as err:
-                raise ConfigError(f"{source}: {parameter.key}={value!r} is refused by the config: {_message(err)}") from err
+    values = [(parameter.key, parameter.values_to_check()) for parameter in space]
+    for index in range(max((len(v) for _, v in values), default=0)):
+        together = [(key, checked[min(index, len(checked) - 1)]) for key, checked in values]
+        try:
+            resolved_config([*fit_args, *(as_override(key, value) for key, value in together)])
+        except (MLPLabError, argparse.ArgumentError) as combined:
+            for key, value in together:
+                try:
+                    resolved_config([*fit_args, as_override(key, value)])
+                except (MLPLabError, argparse.ArgumentError) as err:
+                    raise ConfigError(f"{source}: {key}={value!r} is refused by the config: {_message(err)}") from err
+            shown_values = ", ".join(f"{key}={value!r}" for key, value in together)
+            raise ConfigError(f"{source}: the values {shown_values} are refused together by the config: {_message(combined)}") from combined
     return base
 
 

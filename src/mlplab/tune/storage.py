@@ -34,8 +34,11 @@ def shown(url: str) -> str:
     return re.sub(r"(://[^:/@]*:)[^@/]*@", r"\1***@", url)
 
 
-def open_storage(url: str, heartbeat_interval: int | None = None) -> optuna.storages.RDBStorage:
+def open_storage(url: str, heartbeat_interval: int | None = None, prepared: bool = False) -> optuna.storages.RDBStorage:
     """Optuna's RDB storage at ``url``; ConfigError naming the URL when it cannot be opened.
+
+    ``prepared``: the tables exist and their version was checked (by the tune process that started this trial),
+    so Optuna skips both (about a quarter of a second per trial).
 
     ``heartbeat_interval`` (seconds) for the process that runs trials: a trial whose process stopped
     sending heartbeats for three intervals is marked failed by the next process that starts one.
@@ -47,7 +50,10 @@ def open_storage(url: str, heartbeat_interval: int | None = None) -> optuna.stor
     attempt = 1
     while True:
         try:
-            return optuna.storages.RDBStorage(url, engine_kwargs, heartbeat_interval=heartbeat_interval, grace_period=grace_period)
+            return optuna.storages.RDBStorage(
+                url, engine_kwargs, skip_compatibility_check=prepared, skip_table_creation=prepared,
+                heartbeat_interval=heartbeat_interval, grace_period=grace_period,
+            )  # fmt: skip
         except (sqlalchemy.exc.SQLAlchemyError, ImportError, ValueError) as err:
             if isinstance(err, TABLE_CREATION_RACE) and attempt < CREATE_ATTEMPTS:
                 # processes that join an empty database at the same moment all create Optuna's tables; the losers of

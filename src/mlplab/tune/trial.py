@@ -81,7 +81,7 @@ def die_with_parent() -> None:
 def run_trial(argv: list[str], spec: dict[str, Any]) -> None:
     """``mlplab fit`` with ``argv``, reporting to the trial named in ``spec``."""
     pruner = make_pruner(spec["pruner"], spec["pruner_startup_trials"])
-    study = optuna.load_study(study_name=spec["study"], storage=open_storage(spec["storage"]), pruner=pruner)
+    study = optuna.load_study(study_name=spec["study"], storage=open_storage(spec["storage"], prepared=True), pruner=pruner)
     # (Optuna documents the Trial constructor as not meant for direct use; it is how a second process acts on a
     # running trial, as optuna-integration's own distributed trials do: the tune process created and owns it)
     trial = optuna.trial.Trial(study, spec["trial_id"])

@@ -299,3 +299,26 @@ def test_lr_find_config_prints_the_suggestion_saves_the_plot_and_trains_nothing(
     assert "optimizer steps" in output and "(0 epochs, 0 optimizer steps)" in output  # the search only: nothing trained
     assert not RESULT_LINE.search(result.stdout) and not (run / "checkpoints").exists()
     assert not list(ROOT.glob(".lr_find_*.ckpt"))  # Lightning's copy of the starting weights is removed
+
+
+def custom_scalars_layout(run: Path) -> dict[str, dict[str, list[str]]]:
+    """The Custom Scalars layout a run wrote, read back from its event file: {category: {chart: [tag regexes]}}."""
+    from tensorboard.plugins.custom_scalar import layout_pb2
+    from tensorboard.util import tensor_util
+
+    events = EventAccumulator(str(run), size_guidance={"tensors": 0})
+    events.Reload()
+    [event] = events.Tensors("custom_scalars__config__")
+    layout = layout_pb2.Layout.FromString(tensor_util.make_ndarray(event.tensor_proto).item())
+    return {category.title: {chart.title: list(chart.multiline.tag) for chart in category.chart} for category in layout.category}
+
+
+def test_tensorboard_custom_scalars_put_train_and_validation_on_one_chart(short_run):
+    layout = custom_scalars_layout(short_run["logs"] / "mnist" / "version_0")
+    assert layout == {
+        "mlplab: train against validation": {
+            "loss": ["^(train|val|test)/loss$"],
+            "acc": ["^(train|val|test)/acc$"],
+            "learning rate": ["^lr-"],
+        }
+    }

@@ -28,6 +28,7 @@ from lightning.pytorch.tuner import Tuner
 
 from mlplab import CSVPredictionWriter, FusedEMAWeightAveraging, LayerGradientNorms, LitMLP, TestDiagnostics, TrainBatchImageGrid
 from mlplab.checkpointing import GracefulInterrupt
+from mlplab.dashboard import CustomScalarsLayout
 from tests.conftest import quiet_trainer
 
 SPEED, LIGHTNING = "speed", "lightning"
@@ -78,6 +79,9 @@ ROWS: dict[str, Row] = {
     "mlplab TrainBatchImageGrid": Row(callbacks(TrainBatchImageGrid)),
     "mlplab GracefulInterrupt": Row(callbacks(GracefulInterrupt)),
     "mlplab TestDiagnostics": Row(callbacks(TestDiagnostics)),
+    "mlplab CustomScalarsLayout": Row(
+        lambda tmp: {"logger": [CSVLogger(tmp), TensorBoardLogger(tmp)], "callbacks": [CustomScalarsLayout()]}
+    ),
     "BasePredictionWriter": Row(callbacks(CSVPredictionWriter)),  # (mlplab's CSVPredictionWriter is one)
     # ------------------------------------------------------------------ loggers, tuners, precisions, profilers, flags
     "TensorBoardLogger": Row(lambda tmp: {"logger": [CSVLogger(tmp), TensorBoardLogger(tmp)]}),

@@ -11,6 +11,7 @@ from lightning.pytorch.callbacks import Callback, EarlyStopping, LearningRateMon
 
 import mlplab.data
 from mlplab.callbacks import CSVPredictionWriter, LayerGradientNorms
+from mlplab.dashboard import CustomScalarsLayout
 from mlplab.data.in_memory import InMemoryDataModule
 from mlplab.lr_finder import LearningRateFinderReport
 
@@ -45,6 +46,8 @@ OPTIONAL_CALLBACKS: dict[str, tuple[type[Callback], dict[str, Any]]] = {
     "early_stopping": (EarlyStopping, {"monitor": "val/loss", "mode": "min", "patience": 5, "check_on_train_epoch_end": False}),
     "lr_monitor": (LearningRateMonitor, {"logging_interval": "step"}),
     "prediction_writer": (CSVPredictionWriter, {"output": "predictions.csv"}),  # acts only in `mlplab predict`
+    # TensorBoard's Custom Scalars page: train against validation on one chart per metric
+    "dashboard": (CustomScalarsLayout, {"d2l_chart": False}),
 }
 # off unless a config switches them on (`gradient_norms: {class_path: mlplab.callbacks.LayerGradientNorms}`;
 # configs/lr_find.yaml switches on the learning-rate finder)

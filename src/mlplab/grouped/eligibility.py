@@ -72,6 +72,7 @@ VERIFIED_CALLBACKS = frozenset(
         # LightningCLI's: writes the run's config.yaml in setup (every `mlplab fit` has it: tests/test_e2e.py)
         "lightning.pytorch.cli.SaveConfigCallback",
         "mlplab.callbacks.LayerGradientNorms",
+        "mlplab.dashboard.CustomScalarsLayout",  # on_fit_start: writes a TensorBoard layout
         "mlplab.callbacks.FusedEMAWeightAveraging",
         # mlplab tune's pruning callback: on_fit_start only checks the study's storage
         "optuna_integration.pytorch_lightning.pytorch_lightning.PyTorchLightningPruningCallback",

@@ -6,6 +6,7 @@ import contextlib
 import hashlib
 import os
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -50,6 +51,12 @@ def checkout_snapshot() -> dict[str, tuple[int, int]]:
                 stat = path.lstat()
                 snapshot[path.relative_to(ROOT).as_posix()] = (stat.st_size, stat.st_mtime_ns)
     return snapshot
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    # Hypothesis keeps its files (collected constants, examples) in ./.hypothesis unless told otherwise, and collects
+    # before any fixture runs: a cache folder of the system's temp directory instead, shared by the suite's runs
+    os.environ.setdefault("HYPOTHESIS_STORAGE_DIRECTORY", str(Path(tempfile.gettempdir()) / f"mlplab-hypothesis-{os.getuid()}"))
 
 
 def pytest_sessionstart(session: pytest.Session) -> None:

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 from lightning.pytorch.loggers import TensorBoardLogger
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from mlplab import LitMLP
-from mlplab.dashboard import CATEGORY, CustomScalarsLayout
-from mlplab.data import NoisyLineDataModule
+from mlplab.dashboard import CATEGORY, CustomScalarsLayout, RegressionFitFigure
+from mlplab.data import LinearRegressionDataModule, NoisyLineDataModule
 from tests.conftest import quiet_trainer
 from tests.test_e2e import custom_scalars_layout
 
@@ -30,3 +31,22 @@ def test_regression_layout_has_its_own_metrics(tmp_path):
     layout = fit_with_layout(tmp_path, model, NoisyLineDataModule())
     assert list(layout) == [CATEGORY]
     assert list(layout[CATEGORY]) == ["loss", "mae", "mse", "r2", "learning rate"]
+
+
+def test_regression_fit_figure_and_the_line_against_the_true_one(tmp_path):
+    # seed 004's linear model on y = 3 + 2x: the figure every 2 epochs and at the end, w and b beside the true line
+    logger = TensorBoardLogger(tmp_path, name="run", version=0)
+    model = LitMLP(input_dim=1, num_classes=1, hidden_dims=[], task="regression", steps_per_call=4)
+    callbacks = [CustomScalarsLayout(), RegressionFitFigure(every_n_epochs=2)]
+    trainer = quiet_trainer(tmp_path, logger=logger, max_epochs=5, log_every_n_steps=5, callbacks=callbacks)
+    trainer.fit(model, datamodule=LinearRegressionDataModule(batch_size=20))
+    logger.experiment.flush()
+    assert not model.automatic_optimization  # the figure callbacks keep the speed path
+    events = EventAccumulator(str(tmp_path / "run" / "version_0"), size_guidance={"images": 0, "scalars": 0})
+    events.Reload()
+    assert [event.step for event in events.Images("regression/fit")] == [10, 20, 25]  # epochs 2, 4 and the last (5 steps each)
+    w, w_true = events.Scalars("regression/w"), events.Scalars("regression/w_true")
+    assert [e.step for e in w] == [e.step for e in w_true] == [5, 10, 15, 20, 25] and {e.value for e in w_true} == {2.0}
+    assert events.Scalars("regression/b_true")[0].value == 3.0
+    layout = custom_scalars_layout(tmp_path / "run" / "version_0")
+    assert layout[CATEGORY]["w and b against the true line"] == ["^regression/(w|b)(_true)?$"]

@@ -84,6 +84,7 @@ class LinearRegressionDataModule(SyntheticRegressionDataModule):
 
     default_num_samples = 100
     default_noise = 0.5
+    true_line = (2.0, 3.0)  # (w, b) of y = w x + b: what mlplab.dashboard.RegressionFitFigure draws the fit against
 
     def sample(self, n: int, seed: int) -> tuple[Tensor, Tensor]:
         rng = np.random.RandomState(seed)

@@ -33,11 +33,15 @@ lint: $(STAMP)
 test-fast: data
 	$(BIN)/python -m pytest -m "not slow"
 
-# docs/img/tensorboard.png: a short fit, then TensorBoard's Time Series page in headless Chromium
+# docs/img/custom_scalars.png: a full configs/mnist.yaml fit, then TensorBoard's Custom Scalars page in headless Chromium;
+# docs/img/regression_fit.png: seed 003's over-fitting run, then its last regression/fit figure on the Images page
 dashboard-screenshot: data
 	rm -rf logs/screenshot
-	$(BIN)/mlplab fit --config configs/fast/mnist_98.yaml --trainer.logger.init_args.save_dir=logs/screenshot --trainer.enable_progress_bar=false
-	$(BIN)/python -m tools.dashboard logs/screenshot docs/img/tensorboard.png acc
+	$(BIN)/mlplab fit --config configs/mnist.yaml --trainer.logger.init_args.save_dir=logs/screenshot --trainer.enable_progress_bar=false
+	$(BIN)/python -m tools.dashboard logs/screenshot docs/img/custom_scalars.png custom_scalars
+	rm -rf logs/screenshot_regression
+	$(BIN)/mlplab fit --config configs/seeds/noisy_line_overfit.yaml --trainer.logger.init_args.save_dir=logs/screenshot_regression --trainer.enable_progress_bar=false
+	$(BIN)/python -m tools.dashboard logs/screenshot_regression docs/img/regression_fit.png images:regression/fit
 
 clean:
 	rm -rf logs .pytest_cache

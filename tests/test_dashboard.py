@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import REAL_DATA_DIR, ROOT
-from tools.dashboard import CHROMIUM, get_json, hparams_session_groups, render_time_series, tensorboard
+from tools.dashboard import CHROMIUM, get_json, hparams_session_groups, render_custom_scalars, render_time_series, tensorboard
 
 MLPLAB = str(Path(sys.executable).parent / "mlplab")
 PROMISED_SCALARS = {
@@ -68,11 +68,31 @@ def test_the_hparams_plugin_has_the_run_with_its_objective(server):
     assert 0.5 < metrics["hp_metric"] <= 1.0  # the best val/acc, not the placeholder -1
 
 
-def test_the_time_series_page_lists_the_run_and_draws_the_val_acc_card(server, tmp_path):
+def needs_chromium() -> None:
     if not Path(CHROMIUM).exists():
         if os.environ.get("CI"):
             pytest.fail(f"CI=true but {CHROMIUM} is missing: .ci/run installs Debian's chromium")
         pytest.skip(f"no {CHROMIUM} (apt-get install chromium)")
+
+
+def test_the_custom_scalars_layout_is_served(server):
+    layout = get_json(server, "/data/plugin/custom_scalars/layout")
+    [category] = layout["category"]
+    charts = {chart["title"]: chart["multiline"]["tag"] for chart in category["chart"]}
+    assert category["title"] == "mlplab: train against validation"
+    assert charts == {"loss": ["^(train|val|test)/loss$"], "acc": ["^(train|val|test)/acc$"], "learning rate": ["^lr-"]}
+
+
+def test_the_custom_scalars_page_draws_train_and_validation_on_one_chart(server, tmp_path):
+    needs_chromium()
+    screenshot = tmp_path / "custom_scalars.png"
+    # lines of two points or more: train and validation (the test value is one point), and the learning rate
+    assert render_custom_scalars(server, screenshot=screenshot) == {"loss": 2, "acc": 2, "learning rate": 1}
+    assert screenshot.stat().st_size > 20_000
+
+
+def test_the_time_series_page_lists_the_run_and_draws_the_val_acc_card(server, tmp_path):
+    needs_chromium()
     screenshot = tmp_path / "dashboard.png"
     seen = render_time_series(server, RUN, "val/acc", screenshot=screenshot)
     assert seen == {"run_listed": True, "card_rendered": True}

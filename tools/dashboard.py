@@ -106,12 +106,74 @@ def render_time_series(url: str, run: str, tag: str, screenshot: Path | None = N
             browser.close()
 
 
+@contextlib.contextmanager
+def browser_page() -> Iterator[object]:
+    """A page of headless Chromium (a fresh profile), closed when the block ends."""
+    from playwright.sync_api import sync_playwright
+
+    with tempfile.TemporaryDirectory() as profile, sync_playwright() as playwright:
+        browser = playwright.chromium.launch_persistent_context(
+            profile, executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS, viewport={"width": 1400, "height": 900}
+        )
+        try:
+            yield browser.new_page()
+        finally:
+            browser.close()
+
+
+# a line the chart drew through at least two points: its SVG path has a segment ("L")
+DRAWN_LINES = "path.line[d*='L']"
+
+
+def render_custom_scalars(url: str, screenshot: Path | None = None) -> dict[str, int]:
+    """Open the Custom Scalars page; for each chart, how many lines of two or more points it drew.
+
+    For the screenshot the page shows raw values (smoothing 0) and scales to all of them (outliers included).
+    """
+    with browser_page() as page:
+        page.goto(f"{url}/#custom_scalars", wait_until="networkidle")
+        cards = page.locator("tf-custom-scalar-multi-line-chart-card")
+        cards.first.wait_for(timeout=60_000)
+        page.get_by_role("checkbox", name="Ignore outliers in chart scaling").uncheck()
+        smoothing = page.locator("input[type='number']").first  # the smoothing slider's number box
+        smoothing.fill("0")
+        smoothing.press("Enter")
+        cards.first.locator(DRAWN_LINES).first.wait_for(timeout=60_000)
+        drawn = {}
+        for index in range(cards.count()):
+            card = cards.nth(index)
+            title = card.evaluate("card => card.title")  # (the Polymer card's own property: its heading is drawn in shadow DOM)
+            drawn[title] = card.locator(DRAWN_LINES).count()
+        if screenshot is not None:
+            screenshot.parent.mkdir(parents=True, exist_ok=True)
+            page.screenshot(path=str(screenshot))
+        return drawn
+
+
+def render_images(url: str, tag: str, screenshot: Path) -> None:
+    """Open the Images page filtered to ``tag`` and take a screenshot once its last image has loaded."""
+    with browser_page() as page:
+        page.goto(f"{url}/?tagFilter={tag}#images", wait_until="networkidle")
+        image = page.locator("img[src*='individualImage'], img[src*='images/individualImage']").last
+        image.wait_for(timeout=60_000)
+        page.wait_for_function("img => img.complete && img.naturalWidth > 0", arg=image.element_handle(), timeout=60_000)
+        screenshot.parent.mkdir(parents=True, exist_ok=True)
+        page.screenshot(path=str(screenshot))
+
+
 def main(argv: list[str]) -> None:
-    """``python -m tools.dashboard LOGDIR OUTPUT.png [TAG_FILTER]``: screenshot the first run's Time Series cards matching TAG_FILTER."""
-    logdir, output, tag = Path(argv[0]), Path(argv[1]), argv[2] if len(argv) > 2 else "val/acc"
+    """``python -m tools.dashboard LOGDIR OUTPUT.png [VIEW]``: a screenshot of the first run's Time Series cards matching VIEW
+    (a tag filter), of the Custom Scalars page (VIEW ``custom_scalars``), or of the Images page (VIEW ``images:TAG``)."""
+    logdir, output, view = Path(argv[0]), Path(argv[1]), argv[2] if len(argv) > 2 else "val/acc"
     with tensorboard(logdir) as url:
         runs = get_json(url, "/data/runs")
-        seen = render_time_series(url, runs[0], tag, screenshot=output)
+        if view == "custom_scalars":
+            seen = render_custom_scalars(url, screenshot=output)
+        elif view.startswith("images:"):
+            render_images(url, view.removeprefix("images:"), output)
+            seen = "images"
+        else:
+            seen = render_time_series(url, runs[0], view, screenshot=output)
     print(f"dashboard: {output} ({runs[0]}: {seen})")
 
 

@@ -87,7 +87,8 @@ def test_the_custom_scalars_page_draws_train_and_validation_on_one_chart(server,
     needs_chromium()
     screenshot = tmp_path / "custom_scalars.png"
     # lines of two points or more: train and validation (the test value is one point), and the learning rate
-    assert render_custom_scalars(server, screenshot=screenshot) == {"loss": 2, "acc": 2, "learning rate": 1}
+    expected = {"loss": 2, "acc": 2, "learning rate": 1}
+    assert render_custom_scalars(server, screenshot=screenshot, expected=expected) == expected
     assert screenshot.stat().st_size > 20_000
 
 

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import torch
 from lightning.pytorch.loggers import TensorBoardLogger
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from mlplab import LitMLP
 from mlplab.dashboard import CATEGORY, CustomScalarsLayout, RegressionFitFigure
-from mlplab.data import LinearRegressionDataModule, NoisyLineDataModule
+from mlplab.data import LinearRegressionDataModule, NoisyLineDataModule, SyntheticRegressionDataModule
 from tests.conftest import quiet_trainer
 from tests.test_e2e import custom_scalars_layout
 
@@ -50,3 +51,29 @@ def test_regression_fit_figure_and_the_line_against_the_true_one(tmp_path):
     assert events.Scalars("regression/b_true")[0].value == 3.0
     layout = custom_scalars_layout(tmp_path / "run" / "version_0")
     assert layout[CATEGORY]["w and b against the true line"] == ["^regression/(w|b)(_true)?$"]
+
+
+class ThreeInputs(SyntheticRegressionDataModule):
+    """y = x1 + 2 x2 - x3 + noise: a regression on more than one input."""
+
+    input_shape = (3,)
+    default_num_samples = 120
+    default_noise = 0.1
+
+    def sample(self, n, seed):
+        x = torch.randn(n, 3, generator=torch.Generator().manual_seed(seed))
+        return x, (x @ torch.tensor([[1.0], [2.0], [-1.0]])) + self.hparams.noise * torch.randn(n, 1)
+
+
+def test_more_inputs_get_a_predicted_against_true_scatter_at_test_time(tmp_path):
+    logger = TensorBoardLogger(tmp_path, name="run", version=0)
+    model = LitMLP(input_dim=3, num_classes=1, hidden_dims=[8], task="regression")
+    trainer = quiet_trainer(tmp_path, logger=logger, max_epochs=2, callbacks=[RegressionFitFigure(every_n_epochs=1)])
+    datamodule = ThreeInputs(batch_size=40)
+    trainer.fit(model, datamodule=datamodule)
+    trainer.test(model, datamodule=datamodule, verbose=False)
+    logger.experiment.flush()
+    events = EventAccumulator(str(tmp_path / "run" / "version_0"), size_guidance={"images": 0})
+    events.Reload()
+    assert events.Tags()["images"] == ["regression/predicted_vs_true"]  # no 1-D fit figure for three inputs
+    assert [event.step for event in events.Images("regression/predicted_vs_true")] == [trainer.global_step]

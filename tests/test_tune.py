@@ -170,18 +170,36 @@ def running(pid: int) -> bool:
         return False
 
 
+# Holds the first trial at its third step (once: it leaves a marker), writing its pid: the test acts on a trial that is
+# certainly training, however busy the machine, instead of one that may be ending already.
+HOLD_CALLBACK = """
+import os, time
+from pathlib import Path
+from lightning.pytorch import Callback
+
+class HoldAtStep(Callback):
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        marker = Path("trial_held")
+        if trainer.global_step == 3 and not marker.exists():
+            marker.write_text(str(os.getpid()))
+            time.sleep(600)  # until the test kills the tune process, and this trial with it
+"""
+
+
 @pytest.mark.slow
 def test_a_tune_process_killed_mid_trial_leaves_a_study_that_loads_and_continues(workdir):  # noqa: F811
     write_space(workdir)
-    args = tune_args("killed", 2, "--heartbeat", "1")
+    (workdir / "hold.py").write_text(HOLD_CALLBACK)
+    args = [*tune_args("killed", 2, "--heartbeat", "1"), "--trainer.callbacks+=hold.HoldAtStep"]
     process = mlplab(workdir, *args, wait=False)
     folder = workdir / "logs" / "tune" / "killed"
-    deadline = time.monotonic() + 120
-    while not list(folder.glob("trial_0000/events.out.tfevents.*")) and time.monotonic() < deadline:
-        time.sleep(0.2)
+    marker = workdir / "trial_held"
+    deadline = time.monotonic() + 300
+    while not (marker.exists() and marker.read_text()) and time.monotonic() < deadline and process.poll() is None:
+        time.sleep(0.1)
+    trial_pid = int(marker.read_text())
     study = optuna.load_study(study_name="killed", storage=f"sqlite:///{folder / 'study.db'}")
-    trial_pid = study.trials[0].user_attrs["trial_process"]  # (set when the trial's process started)
-    assert running(trial_pid)
+    assert study.trials[0].user_attrs["trial_process"] == trial_pid and running(trial_pid)
     os.kill(process.pid, signal.SIGKILL)
     process.wait()
     deadline = time.monotonic() + 60  # the fork server sees its parent gone, exits, and the trial's PDEATHSIG fires
@@ -190,7 +208,7 @@ def test_a_tune_process_killed_mid_trial_leaves_a_study_that_loads_and_continues
     assert not running(trial_pid)  # the trial died with it
     study = optuna.load_study(study_name="killed", storage=f"sqlite:///{folder / 'study.db'}")
     assert [t.state for t in study.trials] == [optuna.trial.TrialState.RUNNING]
-    time.sleep(3.5)  # three missed heartbeats
+    time.sleep(3.5)  # the heartbeat's grace period (3 intervals of 1 s) is itself a time: then the next process fails the trial
     result = mlplab(workdir, *args, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
     assert [row["state"] for row in rows(folder)] == ["fail", "complete"]

@@ -125,25 +125,30 @@ def browser_page() -> Iterator[object]:
 DRAWN_LINES = "path.line[d*='L']"
 
 
-def render_custom_scalars(url: str, screenshot: Path | None = None) -> dict[str, int]:
-    """Open the Custom Scalars page; for each chart, how many lines of two or more points it drew.
+def render_custom_scalars(url: str, screenshot: Path | None = None, expected: dict[str, int] | None = None) -> dict[str, int]:
+    """Open the Custom Scalars page showing raw values (smoothing 0, outliers in scale); per chart, its lines of two points or more.
 
-    For the screenshot the page shows raw values (smoothing 0) and scales to all of them (outliers included).
+    The charts draw as their data arrive: with ``expected`` the page is read once it shows that (or after a minute,
+    whatever it shows then); without, once two readings a second apart agree.
     """
     with browser_page() as page:
-        page.goto(f"{url}/#custom_scalars", wait_until="networkidle")
+        # (TensorBoard's dashboards keep these settings in the URL's hash)
+        page.goto(f"{url}/#custom_scalars&_smoothingWeight=0", wait_until="networkidle")
         cards = page.locator("tf-custom-scalar-multi-line-chart-card")
-        cards.first.wait_for(timeout=60_000)
-        page.get_by_role("checkbox", name="Ignore outliers in chart scaling").uncheck()
-        smoothing = page.locator("input[type='number']").first  # the smoothing slider's number box
-        smoothing.fill("0")
-        smoothing.press("Enter")
         cards.first.locator(DRAWN_LINES).first.wait_for(timeout=60_000)
-        drawn = {}
-        for index in range(cards.count()):
-            card = cards.nth(index)
-            title = card.evaluate("card => card.title")  # (the Polymer card's own property: its heading is drawn in shadow DOM)
-            drawn[title] = card.locator(DRAWN_LINES).count()
+        page.get_by_role("checkbox", name="Ignore outliers in chart scaling").uncheck()
+
+        def drawn_lines() -> dict[str, int]:
+            # (the title is the Polymer card's own property: its heading is drawn in shadow DOM)
+            return {cards.nth(i).evaluate("card => card.title"): cards.nth(i).locator(DRAWN_LINES).count() for i in range(cards.count())}
+
+        deadline, previous = time.monotonic() + 60, None
+        while True:
+            drawn = drawn_lines()
+            if drawn == (expected if expected is not None else previous) or time.monotonic() > deadline:
+                break
+            previous = drawn
+            page.wait_for_timeout(1000)
         if screenshot is not None:
             screenshot.parent.mkdir(parents=True, exist_ok=True)
             page.screenshot(path=str(screenshot))

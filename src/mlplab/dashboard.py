@@ -64,13 +64,14 @@ class CustomScalarsLayout(Callback):
 
 
 class RegressionFitFigure(Callback):
-    """For a regression on one input (seeds 003 and 004): the data and the model's function, as a TensorBoard figure.
+    """Regression pictures in TensorBoard: the data and the model's function, or predicted against true values.
 
     Every ``every_n_epochs`` epochs and when the fit ends, the figure ``regression/fit`` shows the training and
     test points and the model's prediction over the input range (drawn at epoch ends, never per step), so its
     evolution can be scrolled in the Images tab. For a linear model (no hidden layer) on a data set that knows
     its true line (``LinearRegressionDataModule``: ``y = 3 + 2x``), ``regression/w`` and ``regression/b`` are
-    written beside ``regression/w_true`` and ``regression/b_true`` at every step the logger writes.
+    written beside ``regression/w_true`` and ``regression/b_true`` at every step the logger writes. With more
+    than one input, a test draws ``regression/predicted_vs_true``: each test sample's prediction against its target.
 
     Args:
         every_n_epochs: epochs between two figures (the last epoch always gets one).
@@ -80,6 +81,33 @@ class RegressionFitFigure(Callback):
         if every_n_epochs <= 0:
             raise ValueError(f"every_n_epochs must be positive, got {every_n_epochs}")
         self.every_n_epochs = every_n_epochs
+        self.tested: list[tuple[torch.Tensor, torch.Tensor]] = []
+
+    def on_test_epoch_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        self.tested = []
+
+    def on_test_batch_end(
+        self, trainer: Trainer, pl_module: LightningModule, outputs: Any, batch: Any, batch_idx: int, dataloader_idx: int = 0
+    ) -> None:
+        if getattr(trainer.datamodule, "task", None) == "regression" and not self._one_input(trainer) and isinstance(outputs, torch.Tensor):
+            self.tested.append((outputs.detach().float().cpu(), batch[1].detach().float().cpu().view_as(outputs)))
+
+    def on_test_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        experiment = self._tensorboard(trainer)
+        if experiment is None or not self.tested:
+            return
+        from matplotlib.figure import Figure
+
+        predicted, true = (torch.cat(parts).flatten() for parts in zip(*self.tested, strict=True))
+        self.tested = []
+        figure = Figure(figsize=(5, 5), layout="constrained")
+        axes = figure.add_subplot()
+        axes.scatter(true, predicted, s=8, alpha=0.5, label="test samples")
+        low, high = float(min(true.min(), predicted.min())), float(max(true.max(), predicted.max()))
+        axes.plot([low, high], [low, high], color="tab:red", label="predicted = true")
+        axes.set(xlabel="true", ylabel="predicted", title=f"test, after step {trainer.global_step}")
+        axes.legend()
+        experiment.add_figure("regression/predicted_vs_true", figure, global_step=trainer.global_step, close=True)
 
     @staticmethod
     def _tensorboard(trainer: Trainer) -> Any:

@@ -7,9 +7,9 @@ divergence or leaked memory ends one trial, not the search. Two ways to start it
   mlplab once, when the study started (Python's ``multiprocessing`` forkserver, with the trial
   module preloaded; the server is a fresh interpreter, so no torch thread pool exists in it before
   the fork). A trial then costs its own work — building its config, reading the data, training —
-  and not a Python start and those imports (about 5 s each on two cores). The server exits when the
-  tune process dies, and each trial asks Linux to kill it when the server goes
-  (``PR_SET_PDEATHSIG``), so a SIGKILLed ``mlplab tune`` still takes its trials with it.
+  and not a Python start and those imports (about 5 s each on two cores). Each trial kills itself
+  when the tune process is gone (it watches that process's sentinel), so a SIGKILLed
+  ``mlplab tune`` still takes its trials with it.
 - ``process``: ``python -m mlplab.tune.trial fit ARGS`` from scratch. Used for trials that run on
   several devices or nodes, whose Lightning launcher re-runs the trial's own command line for its
   other ranks (a forked trial has no command line of its own to re-run).
@@ -27,6 +27,7 @@ import contextlib
 import importlib
 import json
 import multiprocessing
+import multiprocessing.connection
 import multiprocessing.forkserver
 import os
 import signal
@@ -133,6 +134,22 @@ class TrialLauncher:
         return TrialProcess(process, log)
 
 
+def end_with_the_tune_process() -> None:
+    """In a forked trial: SIGKILL itself as soon as the tune process that asked for it has ended, however it ended.
+
+    (``PR_SET_PDEATHSIG`` would watch the fork server, which outlives the tune process while any trial runs:
+    every process forked from it holds the pipe that keeps it alive. ``multiprocessing.parent_process()`` is the
+    tune process, and its sentinel becomes ready when that process is gone.)
+    """
+    sentinel = multiprocessing.parent_process().sentinel
+
+    def watch() -> None:
+        multiprocessing.connection.wait([sentinel])
+        os.kill(os.getpid(), signal.SIGKILL)
+
+    threading.Thread(target=watch, name="end with mlplab tune", daemon=True).start()
+
+
 def run_forked_trial(argv: list[str], spec: dict[str, Any], log_path: str, threads: int | None, ctrl_c: Any) -> None:
     """In the forked trial process: what ``python -m mlplab.tune.trial`` does, after what a new process gets for free.
 
@@ -141,7 +158,7 @@ def run_forked_trial(argv: list[str], spec: dict[str, Any], log_path: str, threa
     fork has restored the default handler) stops it here.
     """
     trial = importlib.import_module(TRIAL_MODULE)
-    trial.die_with_parent()
+    end_with_the_tune_process()
     log = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
     sys.stdout.flush(), sys.stderr.flush()
     os.dup2(log, 1), os.dup2(log, 2)

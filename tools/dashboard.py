@@ -81,31 +81,6 @@ def hparams_session_groups(url: str) -> list[dict]:
     return get_json(url, "/data/plugin/hparams/session_groups", body)["sessionGroups"]
 
 
-def render_time_series(url: str, run: str, tag: str, screenshot: Path | None = None) -> dict[str, bool]:
-    """Open the Time Series page in headless Chromium; report whether ``run`` is listed and ``tag``'s card drew a chart."""
-    from playwright.sync_api import sync_playwright
-
-    with tempfile.TemporaryDirectory() as profile, sync_playwright() as playwright:
-        browser = playwright.chromium.launch_persistent_context(
-            profile, executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS, viewport={"width": 1400, "height": 900}
-        )
-        try:
-            page = browser.new_page()
-            page.goto(f"{url}/?pinnedCards=&tagFilter={tag}#timeseries", wait_until="networkidle")
-            page.get_by_text(run, exact=True).first.wait_for(timeout=60_000)
-            card = page.locator("scalar-card-component, card-view").filter(has_text=tag).first
-            card.wait_for(timeout=60_000)
-            card.locator("canvas, svg path, line-chart").first.wait_for(timeout=60_000)
-            seen = {"run_listed": page.get_by_text(run, exact=True).count() > 0, "card_rendered": card.is_visible()}
-            if screenshot is not None:
-                screenshot.parent.mkdir(parents=True, exist_ok=True)
-                page.wait_for_timeout(1000)  # let the chart's lines finish drawing
-                page.screenshot(path=str(screenshot))
-            return seen
-        finally:
-            browser.close()
-
-
 @contextlib.contextmanager
 def browser_page() -> Iterator[object]:
     """A page of headless Chromium (a fresh profile), closed when the block ends."""
@@ -119,6 +94,22 @@ def browser_page() -> Iterator[object]:
             yield browser.new_page()
         finally:
             browser.close()
+
+
+def render_time_series(url: str, run: str, tag: str, screenshot: Path | None = None) -> dict[str, bool]:
+    """Open the Time Series page in headless Chromium; report whether ``run`` is listed and ``tag``'s card drew a chart."""
+    with browser_page() as page:
+        page.goto(f"{url}/?pinnedCards=&tagFilter={tag}#timeseries", wait_until="networkidle")
+        page.get_by_text(run, exact=True).first.wait_for(timeout=60_000)
+        card = page.locator("scalar-card-component, card-view").filter(has_text=tag).first
+        card.wait_for(timeout=60_000)
+        card.locator("canvas, svg path, line-chart").first.wait_for(timeout=60_000)
+        seen = {"run_listed": page.get_by_text(run, exact=True).count() > 0, "card_rendered": card.is_visible()}
+        if screenshot is not None:
+            screenshot.parent.mkdir(parents=True, exist_ok=True)
+            page.wait_for_timeout(1000)  # let the chart's lines finish drawing
+            page.screenshot(path=str(screenshot))
+        return seen
 
 
 # a line the chart drew through at least two points: its SVG path has a segment ("L")

@@ -9,8 +9,9 @@ Public API for other Lightning projects::
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from mlplab.lazy import lazy_exports
 
 if TYPE_CHECKING:
     from mlplab.callbacks import CSVPredictionWriter, FusedEMAWeightAveraging, LayerGradientNorms, TestDiagnostics, TrainBatchImageGrid
@@ -19,27 +20,23 @@ if TYPE_CHECKING:
     from mlplab.lr_finder import LearningRateFinderReport
     from mlplab.models import MLP
 
-# the public names and their modules, imported on first use (PEP 562): `import mlplab.cli` for a command that does
-# not train (`mlplab tune` starting its trials' fork server, `mlplab data`) does not wait for torch and Lightning first
-_EXPORTS = {
-    "CSVPredictionWriter": "mlplab.callbacks",
-    "FusedEMAWeightAveraging": "mlplab.callbacks",
-    "LayerGradientNorms": "mlplab.callbacks",
-    "TestDiagnostics": "mlplab.callbacks",
-    "TrainBatchImageGrid": "mlplab.callbacks",
-    "FashionMNISTDataModule": "mlplab.data",
-    "IDXDataModule": "mlplab.data",
-    "MNISTDataModule": "mlplab.data",
-    "LitMLP": "mlplab.lit_mlp",
-    "LearningRateFinderReport": "mlplab.lr_finder",
-    "MLP": "mlplab.models",
-}
-
-
-def __getattr__(name: str) -> Any:
-    if name in _EXPORTS:
-        return getattr(importlib.import_module(_EXPORTS[name]), name)
-    raise AttributeError(f"module 'mlplab' has no attribute {name!r}")
+# the public names and their modules, imported on first use (mlplab.lazy)
+__getattr__ = lazy_exports(
+    __name__,
+    {
+        "CSVPredictionWriter": "mlplab.callbacks",
+        "FusedEMAWeightAveraging": "mlplab.callbacks",
+        "LayerGradientNorms": "mlplab.callbacks",
+        "TestDiagnostics": "mlplab.callbacks",
+        "TrainBatchImageGrid": "mlplab.callbacks",
+        "FashionMNISTDataModule": "mlplab.data",
+        "IDXDataModule": "mlplab.data",
+        "MNISTDataModule": "mlplab.data",
+        "LitMLP": "mlplab.lit_mlp",
+        "LearningRateFinderReport": "mlplab.lr_finder",
+        "MLP": "mlplab.models",
+    },
+)
 
 
 __version__ = "0.1.0"

@@ -12,14 +12,14 @@
 from __future__ import annotations
 
 import argparse
-import importlib
 import os
 import sys
 import traceback
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from mlplab.errors import MLPLabError
+from mlplab.lazy import lazy_exports
 
 if TYPE_CHECKING:
     from lightning.pytorch import Callback
@@ -29,20 +29,17 @@ if TYPE_CHECKING:
     from mlplab.cli.messages import describe_argument_error, describe_instantiation_error
 
 __all__ = ["MLPLabCLI", "data_command", "describe_argument_error", "describe_instantiation_error", "export_command", "main"]
-# imported on first use: `mlplab tune` starts its trials' fork server before this process imports torch and Lightning
-_EXPORTS = {
-    "MLPLabCLI": "mlplab.cli.lightning_cli",
-    "data_command": "mlplab.cli.commands",
-    "export_command": "mlplab.cli.commands",
-    "describe_argument_error": "mlplab.cli.messages",
-    "describe_instantiation_error": "mlplab.cli.messages",
-}
-
-
-def __getattr__(name: str) -> Any:
-    if name in _EXPORTS:
-        return getattr(importlib.import_module(_EXPORTS[name]), name)
-    raise AttributeError(f"module 'mlplab.cli' has no attribute {name!r}")
+# imported on first use (mlplab.lazy): `mlplab tune` starts its trials' fork server before this process imports torch
+__getattr__ = lazy_exports(
+    __name__,
+    {
+        "MLPLabCLI": "mlplab.cli.lightning_cli",
+        "data_command": "mlplab.cli.commands",
+        "export_command": "mlplab.cli.commands",
+        "describe_argument_error": "mlplab.cli.messages",
+        "describe_instantiation_error": "mlplab.cli.messages",
+    },
+)
 
 
 def main(args: Sequence[str] | None = None, extra_callbacks: Sequence[Callback] = ()) -> None:

@@ -28,15 +28,17 @@ from mlplab.errors import ConfigError
 SUBCOMMANDS = ("fit", "validate", "test", "predict")
 
 
+def config_path_at(argv: Sequence[str], index: int) -> str | None:
+    """The path that ``argv[index]`` gives with ``--config PATH`` or ``--config=PATH``, else None."""
+    arg = argv[index]
+    if arg == "--config" and index + 1 < len(argv):
+        return argv[index + 1]
+    return arg.partition("=")[2] if arg.startswith("--config=") else None
+
+
 def config_files(argv: Sequence[str]) -> list[str]:
     """The paths given with ``--config PATH`` or ``--config=PATH``, in order."""
-    paths = []
-    for index, arg in enumerate(argv):
-        if arg == "--config" and index + 1 < len(argv):
-            paths.append(argv[index + 1])
-        elif arg.startswith("--config="):
-            paths.append(arg.partition("=")[2])
-    return paths
+    return [path for index in range(len(argv)) if (path := config_path_at(argv, index)) is not None]
 
 
 def read_config_file(path: str) -> Any:
@@ -105,8 +107,8 @@ def source_of(key: str, argv: Sequence[str]) -> str:
     """Where ``key`` was given last (later sources win, as in jsonargparse): a ``--config`` file or the command line."""
     source = "the command line"
     for index, arg in enumerate(argv):
-        if arg == "--config" or arg.startswith("--config="):
-            path = argv[index + 1] if arg == "--config" and index + 1 < len(argv) else arg.partition("=")[2]
+        path = config_path_at(argv, index)
+        if path is not None:
             content = read_config_file(path)
             if isinstance(content, dict) and key in set(dotted_keys(content)):
                 source = f"config file {path!r}"

@@ -7,10 +7,10 @@ line naming what decided. "Known" means:
 - **callbacks**: each callback is a class of :data:`VERIFIED_CALLBACKS` (checked, by
   ``tests/test_lightning_matrix.py``, to give bit-identical weights, steps, batches and logged
   values either way), or a subclass of one (or of ``Callback``) that overrides only observing
-  hooks (:data:`OBSERVING_HOOKS`): per-batch, epoch, stage, checkpoint and state hooks. A
-  callback that overrides an optimization hook or ``on_fit_start`` where
+  hooks: per-batch, epoch, stage, checkpoint and state hooks. A callback that overrides one of
+  :data:`CALLBACK_OPTIMIZATION_HOOKS` (the optimization hooks, and ``on_fit_start``, where
   Lightning's own tuners run their search loops and swap the optimizer's scheduler) is not known,
-  whatever it does;
+  whatever it does, and neither is a Lightning callback outside the table;
 - **the module**: it keeps the optimization hooks of the class that mixed in ``GroupedSteps``;
 - **strategy and precision**: exactly the classes in :data:`VERIFIED_STRATEGIES` and
   :data:`VERIFIED_PRECISIONS` (fp16's gradient scaler is not among them);

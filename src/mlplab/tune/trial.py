@@ -68,8 +68,11 @@ class TrialRecorder(Callback):
             atomic_write_bytes(self.result_file, json.dumps(result).encode())
 
 
-def die_with_parent() -> None:
-    """Ask Linux to SIGKILL this process when the process that started it dies (the tune process, or its fork server)."""
+def _die_with_parent() -> None:
+    """Ask Linux to SIGKILL this process when the tune process that started it dies (nobody would record it).
+
+    (A trial started from scratch; a forked trial watches the tune process instead: mlplab.tune.launch.)
+    """
     try:
         ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
     except (OSError, AttributeError):
@@ -97,5 +100,5 @@ def run_trial(argv: list[str], spec: dict[str, Any]) -> None:
 
 if __name__ == "__main__":
     if os.environ.get("LOCAL_RANK", "0") == "0":
-        die_with_parent()
+        _die_with_parent()
     run_trial(sys.argv[1:], json.loads(os.environ[TRIAL_ENV]))

@@ -4,13 +4,18 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import json
 import os
+import re
+import subprocess
 import sys
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 import torch
+from filelock import FileLock
 from lightning.pytorch import Trainer
 
 from mlplab.data import IDXDataModule, write_idx
@@ -19,6 +24,8 @@ from mlplab.data.sources import MNIST, DatasetSource, IDXFile, ensure_dataset
 
 ROOT = Path(__file__).resolve().parents[1]
 REAL_DATA_DIR = ROOT / "data"
+MLPLAB = str(Path(sys.executable).parent / "mlplab")
+RESULT_LINE = re.compile(r"^mlplab: test/acc=(?P<acc>[0-9.]+) test/loss=(?P<loss>[0-9.]+) ckpt=(?P<ckpt>\S+)$", re.MULTILINE)
 CHECKOUT_BEFORE = pytest.StashKey[dict]()
 FILE_NAMES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
 
@@ -149,3 +156,81 @@ def scratch_checkout(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 def real_mnist() -> Path:
     """The real MNIST files in the repository's data/ folder (fetched if missing, MD5-verified)."""
     return ensure_dataset(MNIST, REAL_DATA_DIR)
+
+
+def once_per_session(tmp_path_factory: pytest.TempPathFactory, name: str, produce: Callable[[Path], dict]) -> dict:
+    """``produce(folder)`` run once per test session, by whichever xdist worker asks first; the others wait and get its result.
+
+    pytest-xdist's recipe for a fixture shared by all workers (a file lock in the session's common temporary folder;
+    https://pytest-xdist.readthedocs.io/en/stable/how-to.html). ``produce`` returns a JSON-serialisable dict; should it
+    fail, every worker that asks fails with its error rather than producing it again.
+    """
+    root = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        root = root.parent  # (each worker's base folder is a child of the session's)
+    result_file = root / f"{name}.json"
+    with FileLock(root / f"{name}.lock"):
+        if not result_file.is_file():
+            folder = root / name
+            folder.mkdir()
+            try:
+                result = {"result": produce(folder)}
+            except BaseException as err:
+                result = {"error": f"{type(err).__name__}: {err}"}
+                raise
+            finally:
+                result_file.write_text(json.dumps(result))
+            return result["result"]
+        result = json.loads(result_file.read_text())
+    if "error" in result:
+        pytest.fail(f"the shared fixture {name!r} failed in another worker: {result['error']}"[:5000])
+    return result["result"]
+
+
+# The real-data fit that the tests which only read a run's outputs share (TensorBoard's files and server, the progress
+# bar, checkpoints, reloading, predicting): 2 epochs of 100 batches of 128, validation every 50 batches, step metrics
+# every 10 steps, gradient norms and histograms every 30.
+MNIST_RUN = [
+    "fit",
+    "--config",
+    "configs/mnist.yaml",
+    "--trainer.max_epochs=2",
+    "--trainer.limit_train_batches=100",
+    "--trainer.limit_val_batches=5",
+    "--trainer.log_every_n_steps=10",
+    "--trainer.val_check_interval=50",
+    "--gradient_norms=mlplab.callbacks.LayerGradientNorms",
+    "--gradient_norms.every_n_steps=30",
+    "--gradient_norms.histograms=true",
+]
+
+
+def fit_mnist_run(logs: Path, *extra: str) -> dict:
+    """``mlplab`` with :data:`MNIST_RUN` (and ``extra``) on the real MNIST files, logging under ``logs``.
+
+    Returns the ``logs`` and ``run`` folders, ``stdout``/``stderr``, and the printed test ``acc``, ``loss`` and ``ckpt``.
+    """
+    command = [MLPLAB, *MNIST_RUN, f"--trainer.logger.init_args.save_dir={logs}", f"--data.data_dir={REAL_DATA_DIR}", *extra]
+    result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    match = RESULT_LINE.search(result.stdout)
+    assert match, result.stdout[-2000:]
+    return {
+        "logs": str(logs),
+        "run": str(logs / "mnist" / "version_0"),
+        "stdout": result.stdout,
+        "stderr": result.stderr,
+        "acc": float(match["acc"]),
+        "loss": float(match["loss"]),
+        "ckpt": match["ckpt"],
+    }
+
+
+def with_paths(run: dict) -> dict:
+    return {**run, **{key: Path(run[key]) for key in ("logs", "run", "ckpt")}}
+
+
+@pytest.fixture(scope="session")
+def mnist_run(real_mnist, tmp_path_factory) -> dict:
+    """The shared run (:func:`fit_mnist_run`), trained once per test session; tests only read it (copy it to change it)."""
+    return with_paths(once_per_session(tmp_path_factory, "mnist_run", lambda folder: fit_mnist_run(folder / "logs")))

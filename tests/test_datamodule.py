@@ -42,8 +42,13 @@ def test_standardize_uses_training_split_statistics(tiny_dm_factory):
     dm.setup("fit")
     x = dm.preprocessor(dm.splits["train"][0])
     assert abs(x.mean().item()) < 1e-4 and abs(x.std().item() - 1) < 1e-3
-    val = dm.preprocessor(dm.splits["val"][0])
-    assert abs(val.mean().item()) > 1e-6  # fitted on train only, so val is not exactly centred
+    train = dm.splits["train"][0].flatten(1).double()
+    val = dm.splits["val"][0].flatten(1)
+    # validation is scaled with the training split's mean and std (seed 001), not with its own or the whole set's
+    expected = ((val.double() - train.mean()) / train.std()).float()
+    torch.testing.assert_close(dm.preprocessor(val), expected)
+    whole = torch.cat([train, val.double()])
+    assert not torch.allclose(dm.preprocessor(val), ((val.double() - whole.mean()) / whole.std()).float())
 
 
 @pytest.mark.parametrize("value", [False, "none"])

@@ -22,11 +22,12 @@ import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from mlplab.checkpointing import check_checkpoint_file
+from mlplab.cli import main
 from mlplab.data import write_idx
 from mlplab.data.idx import open_maybe_gzip
 from mlplab.errors import ConfigError
 
-from .conftest import FILE_NAMES, make_tiny_idx
+from .conftest import FILE_NAMES, make_tiny_idx, once_per_session
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -168,25 +169,30 @@ if not torch.cuda.is_available():
     BAD_CONFIGS["gpu without a GPU"] = (["--trainer.accelerator=gpu"], ["trainer.accelerator='gpu'", "0 CUDA GPU(s)", "accelerator=cpu"])
 
 
-@pytest.fixture(scope="module")
-def bad_config_results(tmp_path_factory) -> dict[str, tuple[subprocess.CompletedProcess, Path]]:
-    """All bad configurations, run as concurrent subprocesses (each in its own folder)."""
-    running = {}
-    for case, (args, _) in BAD_CONFIGS.items():
-        folder = tmp_path_factory.mktemp("bad")
-        make_tiny_idx(folder / "Tiny" / "raw")
-        write_datamodule(folder, folder / "Tiny" / "raw")
-        running[case] = (mlplab(folder, "fit", *tiny_args(1), *args, wait=False), folder)
-    results = {}
-    for case, (process, folder) in running.items():
-        stdout, stderr = process.communicate(timeout=300)
-        results[case] = (subprocess.CompletedProcess(process.args, process.returncode, stdout, stderr), folder)
-    return results
+def mlplab_in_process(
+    folder: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture, *args: str
+) -> subprocess.CompletedProcess:
+    """``mlplab *args`` run by this Python process in ``folder`` (its working folder and first import path).
+
+    For refusals, which is all these cases are about: what the command prints and the exit status it ends with,
+    without paying for a new interpreter importing torch and Lightning per case.
+    """
+    monkeypatch.chdir(folder)
+    monkeypatch.setattr(sys, "argv", ["mlplab"])  # (LightningCLI warns when pytest's own arguments are there too)
+    monkeypatch.syspath_prepend(str(folder))
+    monkeypatch.delitem(sys.modules, "tinydata", raising=False)  # this folder's data module, not an earlier test's
+    try:
+        main(list(args))
+        status = 0
+    except SystemExit as exit_:
+        status = exit_.code
+    captured = capsys.readouterr()
+    return subprocess.CompletedProcess(["mlplab", *args], status, captured.out, captured.err)
 
 
 @pytest.mark.parametrize("case", list(BAD_CONFIGS))
-def test_bad_configuration_is_one_clear_paragraph_before_training(bad_config_results, case):
-    result, folder = bad_config_results[case]
+def test_bad_configuration_is_one_clear_paragraph_before_training(workdir, monkeypatch, capsys, case):
+    result = mlplab_in_process(workdir, monkeypatch, capsys, "fit", *tiny_args(1), *BAD_CONFIGS[case][0])
     message = error_paragraph(result)
     for fragment in BAD_CONFIGS[case][1]:
         assert fragment in message, message
@@ -194,15 +200,19 @@ def test_bad_configuration_is_one_clear_paragraph_before_training(bad_config_res
     if case in ("lr nan for a named optimizer", "max_epochs negative"):
         assert "Expected a" not in message and "Union subtypes" not in message, message  # no raw jsonargparse text
     assert "Epoch 0" not in result.stdout + result.stderr  # no training started
-    assert not list(folder.glob("logs/**/*.ckpt")) and not list(folder.glob("logs/*/version_*"))  # nothing left behind
+    assert not list(workdir.glob("logs/**/*.ckpt")) and not list(workdir.glob("logs/*/version_*"))  # nothing left behind
 
 
-def test_a_typod_section_is_named_even_when_a_later_option_fails_first(tmp_path):
+def test_a_typod_section_is_named_even_when_a_later_option_fails_first(tmp_path, monkeypatch, capsys):
     (tmp_path / "typo.yaml").write_text("modle:\n  hidden_dims: [32]\n")
-    message = error_paragraph(mlplab(tmp_path, "fit", "--config", "typo.yaml", f"--data.data_dir={tmp_path}"))
+    message = error_paragraph(
+        mlplab_in_process(tmp_path, monkeypatch, capsys, "fit", "--config", "typo.yaml", f"--data.data_dir={tmp_path}")
+    )
     assert "`modle.hidden_dims` (from config file 'typo.yaml') is not an option" in message and "Did you mean `model`?" in message, message
     (tmp_path / "typo.yaml").write_text("trainer:\n  max_epochs: 1\n")
-    message = error_paragraph(mlplab(tmp_path, "fit", "--config", "typo.yaml", f"--data.data_dir={tmp_path}"))
+    message = error_paragraph(
+        mlplab_in_process(tmp_path, monkeypatch, capsys, "fit", "--config", "typo.yaml", f"--data.data_dir={tmp_path}")
+    )
     assert "`data.data_dir` (from the command line) is an option of a data module, but no data module is chosen" in message, message
     assert "MNISTDataModule" in message and "Did you mean" not in message, message
     assert sorted(path.name for path in tmp_path.iterdir()) == ["typo.yaml"]  # nothing left behind
@@ -312,21 +322,36 @@ def assert_same_training(reference: tuple[dict, dict], resumed: tuple[dict, dict
     assert scalars == ref_scalars  # every logged train/val metric and lr, every epoch
 
 
-def test_sigkill_mid_epoch_then_resume_equals_uninterrupted_run(workdir):
-    reference = mlplab(workdir, "fit", *tiny_args())
-    assert reference.returncode == 0, reference.stderr[-3000:]
+def uninterrupted(tmp_path_factory: pytest.TempPathFactory, name: str, *args: str) -> tuple[dict, dict]:
+    """The final state of ``mlplab fit tiny_args() *args`` run to its end, once per test session (in a fresh work folder)."""
+
+    def produce(folder: Path) -> dict:
+        make_tiny_idx(folder / "Tiny" / "raw")
+        write_datamodule(folder, folder / "Tiny" / "raw")
+        result = mlplab(folder, "fit", *tiny_args(), *args, timeout=300)
+        assert result.returncode == 0, result.stderr[-3000:]
+        return {"folder": str(folder)}
+
+    return final_state(Path(once_per_session(tmp_path_factory, name, produce)["folder"]), 0)
+
+
+@pytest.fixture
+def reference(tmp_path_factory) -> tuple[dict, dict]:
+    """One uninterrupted run that the interrupted-then-resumed runs of this module must equal (same tiny data)."""
+    return uninterrupted(tmp_path_factory, "faults_reference")
+
+
+def test_sigkill_mid_epoch_then_resume_equals_uninterrupted_run(workdir, reference):
     killed = mlplab(workdir, "fit", *tiny_args(), "--trainer.callbacks+=faulthelpers.SignalAtStep", "--trainer.callbacks.step=10")
     assert killed.returncode == -signal.SIGKILL  # a real SIGKILL in epoch 1 (7 steps per epoch)
     resumed = mlplab(workdir, "fit", *tiny_args(), "--ckpt_path=last")
     assert resumed.returncode == 0, resumed.stderr[-3000:]
-    assert "resuming from logs/tiny/version_1/checkpoints/last.ckpt" in resumed.stdout + resumed.stderr
-    assert_same_training(final_state(workdir, 0), final_state(workdir, 1))
-    assert not (workdir / "logs" / "tiny" / "version_2").exists()  # the resumed run continued in its own folder
+    assert "resuming from logs/tiny/version_0/checkpoints/last.ckpt" in resumed.stdout + resumed.stderr
+    assert_same_training(reference, final_state(workdir, 0))
+    assert not (workdir / "logs" / "tiny" / "version_1").exists()  # the resumed run continued in its own folder
 
 
-def test_ctrl_c_saves_a_mid_epoch_checkpoint_that_resumes_exactly(workdir):
-    reference = mlplab(workdir, "fit", *tiny_args())
-    assert reference.returncode == 0, reference.stderr[-3000:]
+def test_ctrl_c_saves_a_mid_epoch_checkpoint_that_resumes_exactly(workdir, reference):
     interrupted = mlplab(
         workdir,
         "fit",
@@ -338,33 +363,31 @@ def test_ctrl_c_saves_a_mid_epoch_checkpoint_that_resumes_exactly(workdir):
     output = interrupted.stdout + interrupted.stderr
     # SIGINT arrives as the batch of step 11 starts (global_step 10): that step completes, then the run stops
     assert interrupted.returncode == 1 and "mlplab: SIGINT: interrupted in epoch 1 after optimizer step 11" in output, output[-3000:]
-    saved = torch.load(workdir / "logs/tiny/version_1/checkpoints/last.ckpt", weights_only=True)
+    saved = torch.load(workdir / "logs/tiny/version_0/checkpoints/last.ckpt", weights_only=True)
     assert saved["global_step"] == 11 and saved["TinyDataModule"]["train_position"] == {
         "epoch": 1,
         "batches_served": 4,
     }  # 7 batches per epoch
     resumed = mlplab(workdir, "fit", *tiny_args(), "--ckpt_path=last")
     assert resumed.returncode == 0, resumed.stderr[-3000:]
-    assert_same_training(final_state(workdir, 0), final_state(workdir, 1))
+    assert_same_training(reference, final_state(workdir, 0))
 
 
-def test_sigterm_mid_epoch_saves_a_checkpoint_exits_143_and_resumes_exactly(workdir):
+def test_sigterm_mid_epoch_saves_a_checkpoint_exits_143_and_resumes_exactly(workdir, reference):
     """What SLURM or Kubernetes send before killing a preempted job: the job must not look finished."""
-    reference = mlplab(workdir, "fit", *tiny_args())
-    assert reference.returncode == 0, reference.stderr[-3000:]
     terminated = mlplab(
         workdir, "fit", *tiny_args(), "--trainer.callbacks+=faulthelpers.SignalAtStep", "--trainer.callbacks.step=10",
         "--trainer.callbacks.signal_name=SIGTERM",
     )  # fmt: skip
     output = terminated.stdout + terminated.stderr
     assert terminated.returncode == 143, output[-3000:]
-    assert "mlplab: SIGTERM: interrupted in epoch 1 after optimizer step 11; saved logs/tiny/version_1/checkpoints/last.ckpt" in output
-    saved = torch.load(workdir / "logs/tiny/version_1/checkpoints/last.ckpt", weights_only=True)
+    assert "mlplab: SIGTERM: interrupted in epoch 1 after optimizer step 11; saved logs/tiny/version_0/checkpoints/last.ckpt" in output
+    saved = torch.load(workdir / "logs/tiny/version_0/checkpoints/last.ckpt", weights_only=True)
     assert saved["global_step"] == 11 and saved["TinyDataModule"]["train_position"] == {"epoch": 1, "batches_served": 4}
-    assert not list((workdir / "logs/tiny/version_1/checkpoints").glob("*.tmp*"))
+    assert not list((workdir / "logs/tiny/version_0/checkpoints").glob("*.tmp*"))
     resumed = mlplab(workdir, "fit", *tiny_args(), "--ckpt_path=last")
     assert resumed.returncode == 0, resumed.stderr[-3000:]
-    assert_same_training(final_state(workdir, 0), final_state(workdir, 1))
+    assert_same_training(reference, final_state(workdir, 0))
 
 
 def test_a_damaged_last_checkpoint_is_named_with_the_checkpoints_that_do_load(workdir):
@@ -500,36 +523,46 @@ REFUSED_COMMANDS = {
 
 
 @pytest.mark.parametrize("case", REFUSED_COMMANDS)
-def test_a_refused_command_of_any_kind_leaves_no_folder_and_no_partial_file(workdir, case):
+def test_a_refused_command_of_any_kind_leaves_no_folder_and_no_partial_file(workdir, monkeypatch, capsys, case):
     (workdir / "broken.ckpt").write_bytes(b"PK\x03\x04 truncated")
     (workdir / "empty").mkdir()
     (workdir / "space.yaml").write_text("model.dropout: {type: float, low: 0.5, high: 0.1}\n")
     before = sorted(p.relative_to(workdir) for p in workdir.rglob("*") if "__pycache__" not in p.parts)
-    error_paragraph(mlplab(workdir, *REFUSED_COMMANDS[case]))
+    args = REFUSED_COMMANDS[case]
+    # (`mlplab tune` starts its trials' fork server as it begins: it runs as its own process, never inside pytest's)
+    error_paragraph(mlplab(workdir, *args) if args[0] == "tune" else mlplab_in_process(workdir, monkeypatch, capsys, *args))
     assert sorted(p.relative_to(workdir) for p in workdir.rglob("*") if "__pycache__" not in p.parts) == before
+
+
+DDP = ["--trainer.strategy=ddp", "--trainer.devices=2", "--trainer.accelerator=cpu", "--test_after_fit=false"]
+
+
+@pytest.fixture
+def ddp_reference(tmp_path_factory) -> tuple[dict, dict]:
+    """One uninterrupted two-process run that each signalled-then-resumed one must equal."""
+    return uninterrupted(tmp_path_factory, "ddp_reference", *DDP)
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize(("signal_name", "rank", "status"), [("SIGTERM", 1, 143), ("SIGINT", 0, 1)])
-def test_a_signal_to_one_ddp_rank_stops_every_rank_after_the_same_step_and_resumes_exactly(workdir, signal_name, rank, status):
+def test_a_signal_to_one_ddp_rank_stops_every_rank_after_the_same_step_and_resumes_exactly(
+    workdir, ddp_reference, signal_name, rank, status
+):
     """Two CPU processes (gloo): whichever rank receives the signal, both save one mid-epoch last.ckpt and stop together."""
-    ddp = ["--trainer.strategy=ddp", "--trainer.devices=2", "--trainer.accelerator=cpu", "--test_after_fit=false"]
-    reference = mlplab(workdir, "fit", *tiny_args(), *ddp, timeout=300)
-    assert reference.returncode == 0, reference.stderr[-3000:]
     interrupted = mlplab(
-        workdir, "fit", *tiny_args(), *ddp, "--trainer.callbacks+=faulthelpers.SignalAtStep", "--trainer.callbacks.step=6",
+        workdir, "fit", *tiny_args(), *DDP, "--trainer.callbacks+=faulthelpers.SignalAtStep", "--trainer.callbacks.step=6",
         f"--trainer.callbacks.signal_name={signal_name}", f"--trainer.callbacks.rank={rank}", timeout=300,
     )  # fmt: skip
     output = interrupted.stdout + interrupted.stderr
     assert interrupted.returncode == status, output[-3000:]
     assert (
-        f"mlplab: {signal_name}: interrupted in epoch 1 after optimizer step 7; saved logs/tiny/version_1/checkpoints/last.ckpt" in output
+        f"mlplab: {signal_name}: interrupted in epoch 1 after optimizer step 7; saved logs/tiny/version_0/checkpoints/last.ckpt" in output
     )
-    saved = torch.load(workdir / "logs/tiny/version_1/checkpoints/last.ckpt", weights_only=True)
+    saved = torch.load(workdir / "logs/tiny/version_0/checkpoints/last.ckpt", weights_only=True)
     assert saved["global_step"] == 7 and saved["TinyDataModule"]["train_position"]["batches_served"] == 3  # mid-epoch
-    resumed = mlplab(workdir, "fit", *tiny_args(), *ddp, "--ckpt_path=last", timeout=300)
+    resumed = mlplab(workdir, "fit", *tiny_args(), *DDP, "--ckpt_path=last", timeout=300)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
-    assert_same_training(final_state(workdir, 0), final_state(workdir, 1))
+    assert_same_training(ddp_reference, final_state(workdir, 0))
 
 
 def slurm_environment(workdir: Path) -> dict[str, str]:
@@ -547,10 +580,10 @@ def slurm_environment(workdir: Path) -> dict[str, str]:
 
 
 @pytest.mark.slow
-def test_slurm_requeue_signal_saves_lightnings_hpc_checkpoint_requeues_and_the_requeued_job_resumes_exactly(workdir, monkeypatch):
+def test_slurm_requeue_signal_saves_lightnings_hpc_checkpoint_requeues_and_the_requeued_job_resumes_exactly(
+    workdir, reference, monkeypatch
+):
     """Lightning's SLURM integration under mlplab: SIGUSR1 (``#SBATCH --signal=SIGUSR1@90``) -> hpc_ckpt_1.ckpt + scontrol requeue."""
-    reference = mlplab(workdir, "fit", *tiny_args(), "--test_after_fit=false")
-    assert reference.returncode == 0, reference.stderr[-3000:]
     for key, value in slurm_environment(workdir).items():
         monkeypatch.setenv(key, value)
     signalled = mlplab(
@@ -565,7 +598,7 @@ def test_slurm_requeue_signal_saves_lightnings_hpc_checkpoint_requeues_and_the_r
     requeued = mlplab(workdir, "fit", *tiny_args(), "--test_after_fit=false")  # the job's unchanged command, run again
     assert requeued.returncode == 0, requeued.stderr[-3000:]
     assert "hpc_ckpt_1.ckpt" in requeued.stdout + requeued.stderr  # Lightning: "Restoring states from the checkpoint path at …"
-    (ref_ckpt, ref_scalars), (ckpt, scalars) = final_state(workdir, 0), final_state(workdir, 2)
+    (ref_ckpt, ref_scalars), (ckpt, scalars) = reference, final_state(workdir, 1)
     assert ckpt["global_step"] == ref_ckpt["global_step"]
     for key, value in ref_ckpt["state_dict"].items():
         assert torch.equal(value, ckpt["state_dict"][key]), key  # bit for bit

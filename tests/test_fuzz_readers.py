@@ -1,15 +1,19 @@
 """Property-based fuzzing (hypothesis) of the readers that take files from outside: IDX, gzip, PNG.
 
-Every input either loads correctly or raises mlplab's own DataError; no other exception, no hang.
+Every input either loads correctly or raises mlplab's own DataError; no other exception, no hang (each read
+runs under an alarm: one that takes over 10 s, thousands of times what a read of these sizes needs, fails the test).
 Valid files are generated, then truncated or have bytes overwritten; raw random bytes too.
 FUZZ_EXAMPLES inputs per test (docs/errors.md states the total a CI run tries).
 """
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import io
+import signal
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -23,7 +27,10 @@ from mlplab.data.images import read_predict_images
 from mlplab.errors import DataError
 
 FUZZ_EXAMPLES = 300
+# (no hypothesis deadline: it measures every example against a tight time and fails on a busy machine; `bounded` below
+# catches a hang instead)
 FUZZ = settings(max_examples=FUZZ_EXAMPLES, deadline=None, suppress_health_check=[HealthCheck.too_slow], database=None)
+HANG_SECONDS = 10
 DTYPES = (torch.uint8, torch.int8, torch.int16, torch.int32, torch.float32, torch.float64)
 
 
@@ -54,13 +61,34 @@ def damaged(draw, data: bytes) -> bytes:
     return bytes(out)
 
 
+class ReaderHung(Exception):
+    """A read that did not end within HANG_SECONDS."""
+
+
+@contextlib.contextmanager
+def bounded(data: bytes) -> Iterator[None]:
+    """Raise ReaderHung in the block (the reader's own code) when it runs for HANG_SECONDS: a hang fails, it never blocks the suite."""
+
+    def hung(signum, frame):
+        raise ReaderHung(f"no result after {HANG_SECONDS} s for {len(data)} input bytes starting {data[:40]!r}")
+
+    previous = signal.signal(signal.SIGALRM, hung)
+    signal.setitimer(signal.ITIMER_REAL, HANG_SECONDS)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+
+
 def load(name: str, data: bytes) -> torch.Tensor | None:
     """read_idx of ``data`` saved as ``name``: the tensor, or None after a DataError (anything else fails the test)."""
     with tempfile.TemporaryDirectory() as folder:
         path = Path(folder) / name
         path.write_bytes(data)
         try:
-            return read_idx(path)
+            with bounded(data):
+                return read_idx(path)
         except DataError:
             return None
 
@@ -115,7 +143,8 @@ def predict_read(data: bytes) -> torch.Tensor | None:
     with tempfile.TemporaryDirectory() as folder:
         (Path(folder) / "x.png").write_bytes(data)
         try:
-            return read_predict_images(folder, (1, 28, 28))[1]
+            with bounded(data):
+                return read_predict_images(folder, (1, 28, 28))[1]
         except DataError:
             return None
 

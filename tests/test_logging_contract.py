@@ -7,51 +7,33 @@ change of the grouped loop.
 """
 
 import re
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from tests.conftest import REAL_DATA_DIR, ROOT
+from tests.conftest import fit_mnist_run, once_per_session, with_paths
 
-MLPLAB = str(Path(sys.executable).parent / "mlplab")
-# 100 batches of 128 per epoch: groups of 64 and 36 with the default steps_per_call
-FIT = [
-    "fit",
-    "--config",
-    "configs/mnist.yaml",
-    "--trainer.max_epochs=2",
-    "--trainer.limit_train_batches=100",
-    "--trainer.limit_val_batches=5",
-    "--trainer.log_every_n_steps=10",
-    "--trainer.val_check_interval=50",
-    "--gradient_norms=mlplab.callbacks.LayerGradientNorms",
-    "--gradient_norms.every_n_steps=30",
-    "--gradient_norms.histograms=true",
-]
 PROGRESS = re.compile(r"Epoch (\d+):\s+\d+%\|[^|]*\|\s*(\d+)/(\d+)")
 
 
-def fit(logs: Path, *extra: str) -> tuple[EventAccumulator, dict[int, tuple[int, int]]]:
-    command = [MLPLAB, *FIT, f"--trainer.logger.init_args.save_dir={logs}", f"--data.data_dir={REAL_DATA_DIR}", *extra]
-    result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=600)
-    assert result.returncode == 0, result.stderr[-3000:]
-    # the highest count the training bar (on stdout) showed in each epoch, and its total
+def read_back(run: Path, stdout: str) -> tuple[EventAccumulator, dict[int, tuple[int, int]]]:
+    """A run's TensorBoard events, and per epoch the highest count the training bar (on stdout) showed, with its total."""
     bars: dict[int, tuple[int, int]] = {}
-    for epoch, n, total in PROGRESS.findall(result.stdout.replace("\r", "\n")):
+    for epoch, n, total in PROGRESS.findall(stdout.replace("\r", "\n")):
         bars[int(epoch)] = max(bars.get(int(epoch), (0, 0)), (int(n), int(total)))
-    events = EventAccumulator(str(logs / "mnist" / "version_0"), size_guidance={"scalars": 0, "images": 0, "histograms": 0})
+    events = EventAccumulator(str(run), size_guidance={"scalars": 0, "images": 0, "histograms": 0})
     events.Reload()
     return events, bars
 
 
 @pytest.fixture(scope="module")
-def runs(real_mnist, tmp_path_factory):
-    one = fit(tmp_path_factory.mktemp("one") / "logs", "--model.steps_per_call=1")
-    grouped = fit(tmp_path_factory.mktemp("grouped") / "logs")  # the default: 64 batches per fetch
-    return one, grouped
+def runs(mnist_run, tmp_path_factory):
+    """The shared run (the default: 64 batches per fetch) and the same fit with one batch per fetch."""
+    one = with_paths(
+        once_per_session(tmp_path_factory, "mnist_run_one_step", lambda folder: fit_mnist_run(folder / "logs", "--model.steps_per_call=1"))
+    )
+    return read_back(one["run"], one["stdout"]), read_back(mnist_run["run"], mnist_run["stdout"])
 
 
 def test_same_tags_steps_and_values_with_one_or_64_steps_per_call(runs):

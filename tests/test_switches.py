@@ -6,6 +6,7 @@ import math
 
 import pytest
 import torch
+from lightning.pytorch import seed_everything
 from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger
 
@@ -269,6 +270,7 @@ def test_regression_recovers_seed_004_line(tmp_path):
 
 
 def test_dropout_changes_the_fit_of_the_noisy_line(tmp_path):
+    seed_everything(0)  # the weights' initialisation, not whatever the tests before this one left in the generator
     adam = functools.partial(torch.optim.Adam, lr=0.01)
     plain = LitMLP(input_dim=1, num_classes=1, hidden_dims=[200, 200], task="regression", optimizer=adam)
     dropout = LitMLP(input_dim=1, num_classes=1, hidden_dims=[200, 200], dropout=0.5, task="regression", optimizer=adam)
@@ -276,7 +278,8 @@ def test_dropout_changes_the_fit_of_the_noisy_line(tmp_path):
     fit(dropout, NoisyLineDataModule(), tmp_path / "b", epochs=300)
     x, y = NoisyLineDataModule().build_splits()["train"]
     train_mse = {name: torch.nn.functional.mse_loss(m.eval()(x), y).item() for name, m in (("plain", plain), ("dropout", dropout))}
-    assert train_mse["plain"] < train_mse["dropout"]  # the unregularised net fits the training noise harder
+    # the unregularised net fits the training noise (variance 0.09) harder: 0.013 against 0.055 at seed 0
+    assert train_mse["plain"] < 0.03 and train_mse["dropout"] > 2 * train_mse["plain"], train_mse
 
 
 def test_multilabel_overlaid_digits(tmp_path):

@@ -10,10 +10,10 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import urllib.request
 from collections.abc import Iterator
@@ -31,34 +31,63 @@ CHROMIUM_ARGS = [
 ]
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+def scalar_tags_on_disk(logdir: Path) -> dict[str, set[str]]:
+    """Each run under ``logdir`` (its folder relative to ``logdir``) with the scalar tags its event files hold."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    folders = sorted({path.parent for path in logdir.rglob("events.out.tfevents.*")})
+    return {folder.relative_to(logdir).as_posix(): set(EventAccumulator(str(folder)).Reload().Tags()["scalars"]) for folder in folders}
 
 
 @contextlib.contextmanager
-def tensorboard(logdir: Path, timeout: float = 60.0) -> Iterator[str]:
-    """A ``tensorboard`` server on ``logdir`` (loopback, a free port) until the block ends; yields its base URL."""
-    port = free_port()
-    command = [str(Path(sys.executable).parent / "tensorboard"), "--logdir", str(logdir), "--host", "127.0.0.1", "--port", str(port)]
+def tensorboard(logdir: Path, timeout: float = 120.0) -> Iterator[str]:
+    """A ``tensorboard`` server on ``logdir`` (loopback, a port the OS picks) until the block ends; yields its base URL.
+
+    The URL is yielded once the server has loaded what the event files hold: every run with every scalar tag
+    (``timeout`` only bounds a hang). The server's log is read as it comes, so a full pipe never stalls it.
+    """
+    expected = scalar_tags_on_disk(logdir)
+    command = [str(Path(sys.executable).parent / "tensorboard"), "--logdir", str(logdir), "--host", "127.0.0.1", "--port", "0"]
     server = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    url = f"http://127.0.0.1:{port}"
+    log: list[str] = []
+    announced = threading.Event()
+
+    def read_log() -> None:
+        for line in server.stderr:
+            log.append(line)
+            if " at http://" in line:  # "TensorBoard 2.x at http://127.0.0.1:PORT/ (Press CTRL+C to quit)"
+                announced.set()
+
+    reader = threading.Thread(target=read_log, daemon=True)
+    reader.start()
     try:
         deadline = time.monotonic() + timeout
-        while True:
-            with contextlib.suppress(OSError):
-                if get_json(url, "/data/runs"):  # listed once the first scan of logdir is done
-                    break
+        while not loaded(server, log, announced, expected):
             if server.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(
-                    f"tensorboard did not serve {logdir} within {timeout:.0f} s: {server.stderr.read()[-2000:] if server.poll() is not None else 'still starting'}"
-                )
-            time.sleep(0.5)
-        yield url
+                state = f"exited with status {server.poll()}" if server.poll() is not None else f"not ready after {timeout:.0f} s"
+                raise RuntimeError(f"tensorboard on {logdir} {state}: {''.join(log)[-2000:]}")
+            time.sleep(0.2)
+        yield server_url(log)
     finally:
         server.terminate()
         server.wait(timeout=30)
+        reader.join(timeout=30)
+
+
+def server_url(log: list[str]) -> str:
+    line = next(line for line in log if " at http://" in line)
+    return line.split(" at ", 1)[1].split()[0].rstrip("/")
+
+
+def loaded(server: subprocess.Popen, log: list[str], announced: threading.Event, expected: dict[str, set[str]]) -> bool:
+    """Whether the server listens and serves every run of ``expected`` with (at least) its scalar tags."""
+    if not announced.is_set():
+        return False
+    try:
+        served = get_json(server_url(log), "/data/plugin/scalars/tags")
+    except OSError:
+        return False
+    return all(set(served.get(run, ())) >= tags for run, tags in expected.items())
 
 
 def get_json(url: str, path: str, body: dict | None = None) -> object:
@@ -96,20 +125,28 @@ def browser_page() -> Iterator[object]:
             browser.close()
 
 
-def render_time_series(url: str, run: str, tag: str, screenshot: Path | None = None) -> dict[str, bool]:
-    """Open the Time Series page in headless Chromium; report whether ``run`` is listed and ``tag``'s card drew a chart."""
+def render_time_series(url: str, run: str, tag: str, screenshot: Path | None = None) -> dict[str, str]:
+    """Open the Time Series page on ``tag``'s card; return the row its data table shows for ``run`` ({column: text}).
+
+    The row (run, smoothed and raw value, step, relative time of the last point) appears once the card has its data.
+    """
     with browser_page() as page:
         page.goto(f"{url}/?pinnedCards=&tagFilter={tag}#timeseries", wait_until="networkidle")
-        page.get_by_text(run, exact=True).first.wait_for(timeout=60_000)
-        card = page.locator("scalar-card-component, card-view").filter(has_text=tag).first
-        card.wait_for(timeout=60_000)
-        card.locator("canvas, svg path, line-chart").first.wait_for(timeout=60_000)
-        seen = {"run_listed": page.get_by_text(run, exact=True).count() > 0, "card_rendered": card.is_visible()}
+        card = page.locator("scalar-card-component").filter(has_text=tag).first
+        row = card.locator("tb-data-table-content-row").filter(has_text=run).first
+        row.wait_for(timeout=60_000)
+        header = card.locator("tb-data-table-header-cell").all_inner_texts()
+        shown = dict(zip(header, row.locator("tb-data-table-content-cell").all_inner_texts(), strict=True))
         if screenshot is not None:
             screenshot.parent.mkdir(parents=True, exist_ok=True)
-            page.wait_for_timeout(1000)  # let the chart's lines finish drawing
+            painted(page)
             page.screenshot(path=str(screenshot))
-        return seen
+        return {column: text for column, text in shown.items() if column}
+
+
+def painted(page) -> None:
+    """Return once the browser has painted two more frames: what the page has drawn so far is on screen."""
+    page.evaluate("() => new Promise(done => requestAnimationFrame(() => requestAnimationFrame(done)))")
 
 
 # a line the chart drew through at least two points: its SVG path has a segment ("L")

@@ -274,8 +274,8 @@ def test_dropout_changes_the_fit_of_the_noisy_line(tmp_path):
     adam = functools.partial(torch.optim.Adam, lr=0.01)
     plain = LitMLP(input_dim=1, num_classes=1, hidden_dims=[200, 200], task="regression", optimizer=adam)
     dropout = LitMLP(input_dim=1, num_classes=1, hidden_dims=[200, 200], dropout=0.5, task="regression", optimizer=adam)
-    fit(plain, NoisyLineDataModule(), tmp_path / "a", epochs=300)
-    fit(dropout, NoisyLineDataModule(), tmp_path / "b", epochs=300)
+    for model, folder in ((plain, "a"), (dropout, "b")):  # (measured on the training points: no validation needed)
+        fit(model, NoisyLineDataModule(), tmp_path / folder, epochs=300, limit_val_batches=0)
     x, y = NoisyLineDataModule().build_splits()["train"]
     train_mse = {name: torch.nn.functional.mse_loss(m.eval()(x), y).item() for name, m in (("plain", plain), ("dropout", dropout))}
     # the unregularised net fits the training noise (variance 0.09) harder: 0.013 against 0.055 at seed 0

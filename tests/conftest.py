@@ -88,9 +88,6 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
         if item.module.__name__.rpartition(".")[2] in SLOW_MODULES:
             item.add_marker(pytest.mark.slow)
-    # the slow tier first (each module's tests kept together and in order): xdist hands tests out in this order, so the
-    # long ones start early and the many short ones fill the workers' time at the end, instead of one long test alone
-    items.sort(key=lambda item: item.get_closest_marker("slow") is None)
 
 
 def _no_fetch(scratch: Path) -> None:

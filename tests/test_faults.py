@@ -21,6 +21,7 @@ import pytest
 import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
+from mlplab import LitMLP
 from mlplab.checkpointing import check_checkpoint_file
 from mlplab.cli import main
 from mlplab.data import write_idx
@@ -249,7 +250,7 @@ BAD_DATA = {
 
 
 @pytest.mark.parametrize("case", list(BAD_DATA))
-def test_bad_data_file_is_named_with_what_was_expected(tmp_path, case):
+def test_bad_data_file_is_named_with_what_was_expected(tmp_path, monkeypatch, capsys, case):
     raw_dir = tmp_path / "Tiny" / "raw"
     make_tiny_idx(raw_dir)
     corrupt(raw_dir, case)
@@ -259,19 +260,22 @@ def test_bad_data_file_is_named_with_what_was_expected(tmp_path, case):
     if checksums_of != raw_dir:
         make_tiny_idx(checksums_of)
     write_datamodule(tmp_path, checksums_of)
-    message = error_paragraph(mlplab(tmp_path, "fit", *tiny_args(1), "--data.download=false"))
+    message = error_paragraph(mlplab_in_process(tmp_path, monkeypatch, capsys, "fit", *tiny_args(1), "--data.download=false"))
     assert BAD_DATA[case] in message, message
     assert not list(tmp_path.glob("logs/**/*.ckpt"))
 
 
-def test_real_mnist_file_with_wrong_checksum_is_refused(real_mnist, tmp_path):
+def test_real_mnist_file_with_wrong_checksum_is_refused(real_mnist, tmp_path, monkeypatch, capsys):
     raw_dir = tmp_path / "MNIST" / "raw"
     raw_dir.mkdir(parents=True)
     for name in FILE_NAMES:
         if name != "train-labels-idx1-ubyte":
             (raw_dir / name).symlink_to(real_mnist / name)
     (raw_dir / "train-labels-idx1-ubyte").write_bytes((real_mnist / "train-labels-idx1-ubyte").read_bytes()[:-5])  # truncated copy
-    result = mlplab(tmp_path, "fit", "--config", str(ROOT / "configs/mnist.yaml"), f"--data.data_dir={tmp_path}", "--trainer.max_epochs=1")
+    config = str(ROOT / "configs/mnist.yaml")
+    result = mlplab_in_process(
+        tmp_path, monkeypatch, capsys, "fit", "--config", config, f"--data.data_dir={tmp_path}", "--trainer.max_epochs=1"
+    )
     message = error_paragraph(result)
     assert "train-labels-idx1-ubyte fails its checksum: expected MD5 a25bea736e30d166cdddb491f175f624" in message
     assert (raw_dir / "train-labels-idx1-ubyte").stat().st_size == 60008 - 5  # reported, never replaced or used
@@ -390,15 +394,14 @@ def test_sigterm_mid_epoch_saves_a_checkpoint_exits_143_and_resumes_exactly(work
     assert_same_training(reference, final_state(workdir, 0))
 
 
-def test_a_damaged_last_checkpoint_is_named_with_the_checkpoints_that_do_load(workdir):
+def test_a_damaged_last_checkpoint_is_named_with_the_checkpoints_that_do_load(workdir, monkeypatch, capsys):
     first = mlplab(workdir, "fit", *tiny_args(2), "--test_after_fit=false")
     assert first.returncode == 0, first.stderr[-3000:]
     folder = workdir / "logs/tiny/version_0/checkpoints"
     best = [p.name for p in folder.glob("epoch*.ckpt")]
     last = folder / "last.ckpt"
     last.write_bytes(last.read_bytes()[:1000])  # truncated, as by a full disk without atomic writes
-    resumed = mlplab(workdir, "fit", *tiny_args(2), "--ckpt_path=last")
-    line = error_paragraph(resumed)
+    line = error_paragraph(mlplab_in_process(workdir, monkeypatch, capsys, "fit", *tiny_args(2), "--ckpt_path=last"))
     assert "ckpt_path='logs/tiny/version_0/checkpoints/last.ckpt' is not a readable checkpoint (truncated" in line
     assert f"Checkpoints in logs/tiny/version_0/checkpoints that do load: {', '.join(sorted(best))}." in line
     assert sorted(p.name for p in (workdir / "logs/tiny").iterdir()) == ["version_0"]  # never a silent fresh start
@@ -438,10 +441,17 @@ def test_checkpoint_write_killed_midway_keeps_the_previous_file(tmp_path):
 
 
 @pytest.fixture
-def trained_checkpoint(workdir) -> Path:
-    result = mlplab(workdir, "fit", *tiny_args(1))
-    assert result.returncode == 0, result.stderr[-3000:]
-    return workdir / "logs" / "tiny" / "version_0" / "checkpoints" / "last.ckpt"
+def trained_checkpoint(tmp_path_factory) -> Path:
+    """The last.ckpt of one epoch on the tiny data, trained once per test session (tests only read it)."""
+
+    def produce(folder: Path) -> dict:
+        make_tiny_idx(folder / "Tiny" / "raw")
+        write_datamodule(folder, folder / "Tiny" / "raw")
+        result = mlplab(folder, "fit", *tiny_args(1))
+        assert result.returncode == 0, result.stderr[-3000:]
+        return {"last": str(folder / "logs" / "tiny" / "version_0" / "checkpoints" / "last.ckpt")}
+
+    return Path(once_per_session(tmp_path_factory, "trained_checkpoint", produce)["last"])
 
 
 class RunsCode:
@@ -454,24 +464,19 @@ class RunsCode:
         return (os.system, (f"touch {self.marker}",))
 
 
-def test_checkpoint_that_runs_code_on_load_is_refused(workdir, trained_checkpoint):
+def test_checkpoint_that_runs_code_on_load_is_refused(workdir, trained_checkpoint, monkeypatch, capsys):
     marker = workdir / "pwned"
     evil = workdir / "evil.ckpt"
     checkpoint = torch.load(trained_checkpoint, weights_only=True)
     checkpoint["hyper_parameters"]["payload"] = RunsCode(marker)
     torch.save(checkpoint, evil, pickle_protocol=pickle.HIGHEST_PROTOCOL)
 
-    message = error_paragraph(mlplab(workdir, "test", *tiny_args(1), f"--ckpt_path={evil}"))
+    message = error_paragraph(mlplab_in_process(workdir, monkeypatch, capsys, "test", *tiny_args(1), f"--ckpt_path={evil}"))
     assert "was refused" in message and "could run code" in message and "Unsupported operand" in message
-    resumed = error_paragraph(mlplab(workdir, "fit", *tiny_args(1), f"--ckpt_path={evil}"))
+    resumed = error_paragraph(mlplab_in_process(workdir, monkeypatch, capsys, "fit", *tiny_args(1), f"--ckpt_path={evil}"))
     assert "was refused" in resumed
-    load = subprocess.run(
-        [sys.executable, "-c", f"from mlplab import LitMLP; LitMLP.load_from_checkpoint({str(evil)!r})"],
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert load.returncode != 0 and "Weights only load failed" in load.stderr
+    with pytest.raises(pickle.UnpicklingError, match="Weights only load failed"):
+        LitMLP.load_from_checkpoint(evil)
     assert not marker.exists()  # nothing ran
 
 

@@ -523,7 +523,7 @@ REFUSED_COMMANDS = {
     "test, unknown key": ["test", *tiny_args(1), "--model.dropot=0.1"],
     "predict, empty predict_dir": ["predict", *tiny_args(1), "--data.predict_dir=empty", "--prediction_writer.output=p.csv"],
     "export, damaged checkpoint": ["export", "--ckpt_path=broken.ckpt", "--format=onnx", "--output=model.onnx"],
-    "tune, bad space": ["tune", "--space=space.yaml", "--study=s", "--n_trials=2", *tiny_args(1)],
+    "tune, bad space": ["tune", "--space=space.yaml", "--study=s", "--n_trials=2", "--launch=process", *tiny_args(1)],
 }
 
 
@@ -533,9 +533,8 @@ def test_a_refused_command_of_any_kind_leaves_no_folder_and_no_partial_file(work
     (workdir / "empty").mkdir()
     (workdir / "space.yaml").write_text("model.dropout: {type: float, low: 0.5, high: 0.1}\n")
     before = sorted(p.relative_to(workdir) for p in workdir.rglob("*") if "__pycache__" not in p.parts)
-    args = REFUSED_COMMANDS[case]
-    # (`mlplab tune` starts its trials' fork server as it begins: it runs as its own process, never inside pytest's)
-    error_paragraph(mlplab(workdir, *args) if args[0] == "tune" else mlplab_in_process(workdir, monkeypatch, capsys, *args))
+    # (`mlplab tune --launch process` starts nothing before it refuses: it too runs in this process)
+    error_paragraph(mlplab_in_process(workdir, monkeypatch, capsys, *REFUSED_COMMANDS[case]))
     assert sorted(p.relative_to(workdir) for p in workdir.rglob("*") if "__pycache__" not in p.parts) == before
 
 

@@ -28,7 +28,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from mlplab.errors import ConfigError
 from mlplab.tune.space import load_space
 
-from .test_faults import mlplab, tiny_args, workdir  # noqa: F401 - the fixture is used by name
+from .test_faults import mlplab, mlplab_in_process, tiny_args, workdir  # noqa: F401 - the fixture is used by name
 
 LR_SPACE = "model.optimizer.init_args.lr: {type: float, low: 1.0e-2, high: 0.2, log: true}\n"
 WIDE_LR_SPACE = "model.optimizer.init_args.lr: {type: float, low: 1.0e-7, high: 1.0e+6, log: true}\n"
@@ -93,18 +93,20 @@ def test_bad_space_file_is_one_error_naming_the_key(tmp_path, text, expected):
         ("model.dropout: {type: float, low: 0.1, high: 1.5}\n", "model.dropout=1.5 is refused by the config: model.dropout=1.5"),
     ],
 )
-def test_space_the_config_refuses_is_refused_before_any_trial(workdir, space, expected):  # noqa: F811
+def test_space_the_config_refuses_is_refused_before_any_trial(workdir, monkeypatch, capsys, space, expected):  # noqa: F811
     write_space(workdir, space)
-    result = mlplab(workdir, *tune_args("bad", 2))
+    # (in this process: with --launch process, nothing is started before the refusal)
+    result = mlplab_in_process(workdir, monkeypatch, capsys, *tune_args("bad", 2, "--launch", "process"))
     assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr[-2000:]
     assert f"mlplab: error: space.yaml: {expected}" in result.stderr
     assert not (workdir / "logs").exists()  # nothing was created: no study, no run folder
 
 
 @pytest.mark.slow
-def test_bad_storage_url_is_refused_before_any_trial(workdir):  # noqa: F811
+def test_bad_storage_url_is_refused_before_any_trial(workdir, monkeypatch, capsys):  # noqa: F811
     write_space(workdir)
-    result = mlplab(workdir, *tune_args("bad", 2, "--storage", "postgresql://mlplab:secret@/nodb?host=/nonexistent"))
+    url = "postgresql://mlplab:secret@/nodb?host=/nonexistent"
+    result = mlplab_in_process(workdir, monkeypatch, capsys, *tune_args("bad", 2, "--storage", url, "--launch", "process"))
     assert result.returncode == 2, result.stderr[-2000:]
     assert "mlplab: error: --storage 'postgresql://mlplab:***@/nodb?host=/nonexistent' cannot be opened" in result.stderr
     assert "secret" not in result.stderr and not (workdir / "logs").exists()

@@ -19,7 +19,7 @@ def test_fit_writes_checkpoints_and_prints_the_result_line(mnist_run):
     ckpt = mnist_run["ckpt"]
     assert ckpt.is_file() and ckpt.parent == mnist_run["logs"] / "mnist" / "version_0" / "checkpoints"
     assert (ckpt.parent / "last.ckpt").is_file()
-    assert 0.5 < mnist_run["acc"] <= 1.0  # 60 steps of Adam on MNIST: far above chance
+    assert 0.93 < mnist_run["acc"] <= 1.0  # 200 steps of Adam on MNIST (0.9445 on the machines of docs/tests.md)
 
 
 def test_tensorboard_has_scalars_images_histograms_and_hparams(mnist_run):

@@ -54,3 +54,12 @@ def test_truncated_gzip(tmp_path):
 def test_missing_file(tmp_path):
     with pytest.raises(DataError, match=r"does not exist"):
         read_idx(tmp_path / "nope")
+
+
+def test_empty_shape_too_large_to_index_is_a_data_error(tmp_path):
+    # found by the fuzzer: float64, 3 dimensions (956301312, 1207959552, 0): zero data bytes, as announced, but numpy
+    # cannot build an array of that shape
+    path = tmp_path / "x.idx"
+    path.write_bytes(b"\x00\x00\x0e\x03" + b"\x39\x00\x00\x00" + b"\x48\x00\x00\x00" + b"\x00\x00\x00\x00")
+    with pytest.raises(DataError, match=r"x.idx is corrupt: its header's shape \(956301312, 1207959552, 0\) cannot be held"):
+        read_idx(path)

@@ -85,7 +85,10 @@ def read_idx(path: str | os.PathLike) -> torch.Tensor:
             f"{path} holds {actual} data bytes but its header (shape {shape}) announces {expected}: "
             "the file is truncated or corrupt; delete it and fetch it again."
         )
-    array = np.frombuffer(data, dtype=dtype, offset=header_end).reshape(shape)
+    try:
+        array = np.frombuffer(data, dtype=dtype, offset=header_end).reshape(shape)
+    except ValueError as err:  # an empty shape whose other dimensions multiply past what numpy can index
+        raise DataError(f"{path} is corrupt: its header's shape {shape} cannot be held as an array ({err}).") from err
     return torch.from_numpy(array.astype(dtype.newbyteorder("="), copy=True))
 
 

@@ -9,7 +9,6 @@ the weights agree up to float summation order (tolerance 1e-5) and the synchroni
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -17,7 +16,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.conftest import REAL_DATA_DIR, ROOT, once_per_session
+from tests.conftest import REAL_DATA_DIR, ROOT, free_port, once_per_session
 from tests.test_faults import SIGNAL_CALLBACK
 
 MLPLAB = str(Path(sys.executable).parent / "mlplab")
@@ -71,12 +70,6 @@ def test_ddp_two_cpu_processes_match_one_process_with_twice_the_batch(two_proces
     # test metrics are synchronised over both ranks' halves of the test set: equal to one process's
     assert two_processes["acc"] == pytest.approx(single["acc"], abs=2e-4)
     assert two_processes["loss"] == pytest.approx(single["loss"], abs=2e-4)
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def two_nodes(save_dir: Path, *extra: str) -> tuple[list[subprocess.Popen], list[tuple[str, str]], Path]:

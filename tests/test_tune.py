@@ -12,7 +12,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -28,6 +27,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from mlplab.errors import ConfigError
 from mlplab.tune.space import load_space
 
+from .conftest import free_port
 from .test_faults import mlplab, mlplab_in_process, tiny_args, workdir  # noqa: F401 - the fixture is used by name
 
 LR_SPACE = "model.optimizer.init_args.lr: {type: float, low: 1.0e-2, high: 0.2, log: true}\n"
@@ -324,12 +324,6 @@ def test_optuna_dashboard_serves_the_study_on_loopback(tmp_path):
             break
     assert studies is not None, f"optuna-dashboard exited with status {server.returncode}: {stderr[-2000:]}"
     assert [(s["study_name"], s["directions"]) for s in studies] == [("seen", ["maximize"])]
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def studies_served(server: subprocess.Popen, url: str) -> list[dict] | None:

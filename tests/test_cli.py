@@ -2,18 +2,16 @@
 
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 import torch
 import yaml
 
 from mlplab.cli import main
-from tests.conftest import REAL_DATA_DIR, ROOT
+from tests.conftest import MLPLAB, REAL_DATA_DIR, ROOT
 
 # every config and fragment (configs/tune/ holds search spaces for `mlplab tune`, not configs)
 CONFIGS = sorted(p.relative_to(ROOT).as_posix() for p in (ROOT / "configs").rglob("*.yaml") if p.parent.name != "tune")
-MLPLAB = str(Path(sys.executable).parent / "mlplab")
 
 
 def print_config(capsys, *args: str) -> dict:

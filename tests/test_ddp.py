@@ -7,20 +7,15 @@ the weights agree up to float summation order (tolerance 1e-5) and the synchroni
 """
 
 import os
-import re
 import signal
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 
-from tests.conftest import REAL_DATA_DIR, ROOT, free_port, once_per_session
+from tests.conftest import MLPLAB, REAL_DATA_DIR, RESULT_LINE, ROOT, free_port, once_per_session
 from tests.test_faults import SIGNAL_CALLBACK
-
-MLPLAB = str(Path(sys.executable).parent / "mlplab")
-RESULT = re.compile(r"^mlplab: test/acc=(?P<acc>[0-9.]+) test/loss=(?P<loss>[0-9.]+) ckpt=(?P<ckpt>\S+)$", re.MULTILINE)
 
 
 def fit(tmp_path: Path, name: str, *extra: str) -> dict:
@@ -43,7 +38,7 @@ def fit(tmp_path: Path, name: str, *extra: str) -> dict:
     ]
     result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
-    match = RESULT.search(result.stdout)
+    match = RESULT_LINE.search(result.stdout)
     assert match, result.stdout[-2000:]
     return {"acc": float(match["acc"]), "loss": float(match["loss"]), "last": Path(match["ckpt"]).parent / "last.ckpt"}
 
@@ -122,7 +117,7 @@ def test_two_nodes_match_two_processes_on_one_node_and_share_one_run_folder(two_
     assert nodes_ckpt["global_step"] == single_ckpt["global_step"] == 96
     for key, value in single_ckpt["state_dict"].items():  # (float summation order differs with the thread counts)
         assert torch.allclose(nodes_ckpt["state_dict"][key], value, atol=1e-5, rtol=1e-4), key
-    assert float(RESULT.search(outputs[0][0])["acc"]) == pytest.approx(two_processes["acc"], abs=2e-4)
+    assert float(RESULT_LINE.search(outputs[0][0])["acc"]) == pytest.approx(two_processes["acc"], abs=2e-4)
 
 
 @pytest.mark.e2e

@@ -50,19 +50,11 @@ def tensorboard(logdir: Path, timeout: float = 120.0) -> Iterator[str]:
     command = [str(Path(sys.executable).parent / "tensorboard"), "--logdir", str(logdir), "--host", "127.0.0.1", "--port", "0"]
     server = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     log: list[str] = []
-    announced = threading.Event()
-
-    def read_log() -> None:
-        for line in server.stderr:
-            log.append(line)
-            if " at http://" in line:  # "TensorBoard 2.x at http://127.0.0.1:PORT/ (Press CTRL+C to quit)"
-                announced.set()
-
-    reader = threading.Thread(target=read_log, daemon=True)
+    reader = threading.Thread(target=lambda: log.extend(server.stderr), daemon=True)  # (line by line, as they come)
     reader.start()
     try:
         deadline = time.monotonic() + timeout
-        while not loaded(server, log, announced, expected):
+        while not loaded(server_url(log), expected):
             if server.poll() is not None or time.monotonic() > deadline:
                 state = f"exited with status {server.poll()}" if server.poll() is not None else f"not ready after {timeout:.0f} s"
                 raise RuntimeError(f"tensorboard on {logdir} {state}: {''.join(log)[-2000:]}")
@@ -74,17 +66,18 @@ def tensorboard(logdir: Path, timeout: float = 120.0) -> Iterator[str]:
         reader.join(timeout=30)
 
 
-def server_url(log: list[str]) -> str:
-    line = next(line for line in log if " at http://" in line)
-    return line.split(" at ", 1)[1].split()[0].rstrip("/")
+def server_url(log: list[str]) -> str | None:
+    """The URL TensorBoard announced in its log ("TensorBoard 2.x at http://127.0.0.1:PORT/ (Press CTRL+C to quit)"), if yet."""
+    announced = [line for line in log if " at http://" in line]
+    return announced[0].split(" at ", 1)[1].split()[0].rstrip("/") if announced else None
 
 
-def loaded(server: subprocess.Popen, log: list[str], announced: threading.Event, expected: dict[str, set[str]]) -> bool:
-    """Whether the server listens and serves every run of ``expected`` with (at least) its scalar tags."""
-    if not announced.is_set():
+def loaded(url: str | None, expected: dict[str, set[str]]) -> bool:
+    """Whether the server listens at ``url`` and serves every run of ``expected`` with (at least) its scalar tags."""
+    if url is None:
         return False
     try:
-        served = get_json(server_url(log), "/data/plugin/scalars/tags")
+        served = get_json(url, "/data/plugin/scalars/tags")
     except OSError:
         return False
     return all(set(served.get(run, ())) >= tags for run, tags in expected.items())

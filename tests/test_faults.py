@@ -73,9 +73,14 @@ def write_datamodule(folder: Path, raw_dir: Path) -> None:
 @pytest.fixture
 def workdir(tmp_path: Path) -> Path:
     """A folder with tiny data in ``Tiny/raw``, its DataModule module and the signal callback; runs happen there."""
-    make_tiny_idx(tmp_path / "Tiny" / "raw")
-    write_datamodule(tmp_path, tmp_path / "Tiny" / "raw")
-    return tmp_path
+    return prepare_workdir(tmp_path)
+
+
+def prepare_workdir(folder: Path) -> Path:
+    """Make ``folder`` a work folder: tiny data in ``Tiny/raw``, its DataModule module and the signal callback."""
+    make_tiny_idx(folder / "Tiny" / "raw")
+    write_datamodule(folder, folder / "Tiny" / "raw")
+    return folder
 
 
 def tiny_args(max_epochs: int = 4) -> list[str]:
@@ -330,8 +335,7 @@ def uninterrupted(tmp_path_factory: pytest.TempPathFactory, name: str, *args: st
     """The final state of ``mlplab fit tiny_args() *args`` run to its end, once per test session (in a fresh work folder)."""
 
     def produce(folder: Path) -> dict:
-        make_tiny_idx(folder / "Tiny" / "raw")
-        write_datamodule(folder, folder / "Tiny" / "raw")
+        prepare_workdir(folder)
         result = mlplab(folder, "fit", *tiny_args(), *args, timeout=300)
         assert result.returncode == 0, result.stderr[-3000:]
         return {"folder": str(folder)}
@@ -445,8 +449,7 @@ def trained_checkpoint(tmp_path_factory) -> Path:
     """The last.ckpt of one epoch on the tiny data, trained once per test session (tests only read it)."""
 
     def produce(folder: Path) -> dict:
-        make_tiny_idx(folder / "Tiny" / "raw")
-        write_datamodule(folder, folder / "Tiny" / "raw")
+        prepare_workdir(folder)
         result = mlplab(folder, "fit", *tiny_args(1))
         assert result.returncode == 0, result.stderr[-3000:]
         return {"last": str(folder / "logs" / "tiny" / "version_0" / "checkpoints" / "last.ckpt")}

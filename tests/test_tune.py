@@ -366,17 +366,29 @@ CTRL_C_MOMENTS = {
 }
 
 
+# `mlplab tune` started with SIGINT ignored, as a non-interactive shell starts its background jobs (`mlplab tune ... &`
+# in a script): the tune process takes SIGINT all the same, and so must its trials before their fit installs a handler
+STARTED_WITH_SIGINT_IGNORED = [
+    "-c", "import os, signal, sys; signal.signal(signal.SIGINT, signal.SIG_IGN); os.execv(sys.executable, [sys.executable, *sys.argv[1:]])",
+]  # fmt: skip
+
+
 @pytest.mark.slow
-@pytest.mark.parametrize("moment", list(CTRL_C_MOMENTS))
-def test_ctrl_c_at_any_moment_stops_the_study_with_130_and_it_continues(workdir, moment):  # noqa: F811
+@pytest.mark.parametrize(
+    ("moment", "started"),
+    [(moment, "from a terminal") for moment in CTRL_C_MOMENTS]
+    + [(moment, "with SIGINT ignored") for moment in ("the trial starts", "the trial validates")],
+)
+def test_ctrl_c_at_any_moment_stops_the_study_with_130_and_it_continues(workdir, moment, started):  # noqa: F811
     write_space(workdir)
     (workdir / "ctrlc.py").write_text(CTRL_C_CALLBACK)
     args = [*tune_args("stopped", 2), "--pruner", "none"]
     pressing = ["--trainer.callbacks+=ctrlc.CtrlCAt", f"--trainer.callbacks.hook={CTRL_C_MOMENTS[moment]}"]
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(workdir), os.environ.get("PYTHONPATH", "")])}
+    prefix = STARTED_WITH_SIGINT_IGNORED if started == "with SIGINT ignored" else []
     # its own process group, as a terminal's foreground job: Ctrl-C reaches the tune process and its trial
     process = subprocess.Popen(
-        [sys.executable, "-m", "mlplab.cli", *args, *pressing], cwd=workdir, env=env, stdout=subprocess.PIPE,
+        [sys.executable, *prefix, "-m", "mlplab.cli", *args, *pressing], cwd=workdir, env=env, stdout=subprocess.PIPE,
         stderr=subprocess.PIPE, text=True, start_new_session=True,
     )  # fmt: skip
     stdout, stderr = process.communicate(timeout=300)

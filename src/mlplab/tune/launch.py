@@ -16,9 +16,12 @@ divergence or leaked memory ends one trial, not the search. Two ways to start it
 
 Ctrl-C (SIGINT to the foreground process group) reaches the tune process and every trial. The tune
 process only records it (:class:`CtrlC`): no exception interrupts it while it starts a trial,
-waits for one or records one, so a trial's state is always written. A trial that is being forked
-when the signal comes, before its own handler is in place, finds the request in a shared flag as its
-first step and stops.
+waits for one or records one, so a trial's state is always written. A forked trial takes Python's
+default SIGINT handler as its first step, as a trial started as a new process gets it: the fork
+server hands its children the handling it started with, which is "ignored" when ``mlplab tune``
+itself started with SIGINT ignored (a background job of a shell script), and the trial would then
+miss every Ctrl-C until its fit installs its own handler. A trial that is being forked when the
+signal comes, before that handler is in place, finds the request in a shared flag and stops.
 """
 
 from __future__ import annotations
@@ -154,9 +157,12 @@ def run_forked_trial(argv: list[str], spec: dict[str, Any], log_path: str, threa
     """In the forked trial process: what ``python -m mlplab.tune.trial`` does, after what a new process gets for free.
 
     Its output goes to the trial's log; its torch threads are set before the first torch operation
-    creates the pool; a Ctrl-C that came while it was being forked (the server ignores SIGINT until the
-    fork has restored the default handler) stops it here.
+    creates the pool; Ctrl-C raises KeyboardInterrupt, as in a new process, and one that came while it
+    was being forked (before that handler was in place) stops it here.
     """
+    # (the fork server ignores SIGINT, and restores in its children the handler it was started with: SIG_IGN
+    # when the tune process was started with SIGINT ignored)
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     trial = importlib.import_module(TRIAL_MODULE)
     end_with_the_tune_process()
     log = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)

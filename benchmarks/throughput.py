@@ -48,7 +48,7 @@ from torch.utils.data import DataLoader, Subset
 from mlplab import LitMLP
 from mlplab.cli import MLPLabCLI
 from mlplab.data import DATAMODULES, TensorBatchLoader
-from mlplab.grouped import GroupedTrainingEpochLoop
+from mlplab.grouped.loop import GroupedTrainingEpochLoop
 
 MODELS = {
     # name: (config, data set, batch size, hidden dims, dropout, weight init std (None: PyTorch's default), optimizer, lr)

@@ -41,6 +41,8 @@ SLOW_MODULES = {
     "test_logging_contract",
     "test_fast_dev_run",
     "test_readme",
+    "test_wheel",
+    "test_hydra",
 }
 
 

@@ -170,6 +170,23 @@ BAD_CONFIGS = {
         ["--model.lr_scheduler=torch.optim.lr_scheduler.ReduceLROnPlateau", "--model.lr_scheduler_monitor=val/lozz"],
         ["model.lr_scheduler_monitor='val/lozz'", "never logged"],
     ),
+    # a fraction of the loader's batches below one batch names the batch size that makes it one (40 val, 200 train samples)
+    "fraction of one validation batch": (
+        ["--data.eval_batch_size=64", "--trainer.limit_val_batches=0.1"],
+        [
+            "trainer.limit_val_batches=0.1 of the 1 val batches (data.eval_batch_size=64)",
+            "data.eval_batch_size to at most 4",
+            "whole number",
+        ],
+    ),
+    "fraction of the training batches": (
+        ["--trainer.limit_train_batches=0.1"],
+        ["trainer.limit_train_batches=0.1 of the 7 train batches (data.batch_size=32)", "data.batch_size to at most 20"],
+    ),
+    "a preset that does not exist": (
+        ["--config", "seeds/d2l_fashon_mlp"],
+        ["'seeds/d2l_fashon_mlp' is neither a file nor one of mlplab's presets", "Did you mean seeds/d2l_fashion_mlp?", "mlplab presets"],
+    ),
 }
 if not torch.cuda.is_available():
     BAD_CONFIGS["gpu without a GPU"] = (["--trainer.accelerator=gpu"], ["trainer.accelerator='gpu'", "0 CUDA GPU(s)", "accelerator=cpu"])

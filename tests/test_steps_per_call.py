@@ -329,16 +329,50 @@ def test_resuming_with_ema_ends_where_an_uninterrupted_run_ends(tiny_dm_factory,
         assert torch.equal(a, b), name
 
 
-def test_a_lightning_release_outside_the_tested_range_is_refused_with_the_range():
-    from mlplab.errors import ConfigError
-    from mlplab.grouped import check_lightning_version
+@pytest.mark.parametrize("version", ["2.6.0", "2.6.6", "2.6.99"])
+def test_inside_the_verified_lightning_range_the_fit_takes_the_speed_path(tiny_dm_factory, tmp_path, monkeypatch, caplog, version):
+    import lightning
 
-    check_lightning_version()  # the installed one
-    for version in ("2.5.2", "2.7.0", "3.0.0"):
-        with pytest.raises(
-            ConfigError, match=rf"lightning {version} is installed, but .* lightning >= 2.6, < 2.7 .*pip install 'lightning>=2.6,<2.7'"
-        ):
-            check_lightning_version(version)
+    from mlplab.grouped import lightning_release_reason
+
+    monkeypatch.setattr(lightning, "__version__", version)
+    assert lightning_release_reason() is None
+    with caplog.at_level("INFO"):
+        model, trainer = train(tiny_dm_factory, tmp_path, 4, epochs=1)
+    assert model.grouped_steps and not model.automatic_optimization and trainer.train_dataloader.group == 4
+    assert "Lightning's own step" not in caplog.text
+
+
+@pytest.mark.parametrize("version", ["2.5.6", "2.7.0", "3.0.0"])
+def test_outside_the_verified_lightning_range_a_fit_takes_lightnings_step_and_says_so(
+    tiny_dm_factory, tmp_path, monkeypatch, caplog, version
+):
+    """A newer (or older) Lightning trains with mlplab's modules: the same weights as Lightning's own step, one info line."""
+    import lightning
+
+    reference, _ = train(tiny_dm_factory, tmp_path / "reference", 1, epochs=2)
+    monkeypatch.setattr(lightning, "__version__", version)
+    with caplog.at_level("INFO"):
+        model, trainer = train(tiny_dm_factory, tmp_path / "other_release", 4, epochs=2)
+    assert not model.grouped_steps and model.automatic_optimization and trainer.train_dataloader.group == 1
+    assert trainer.global_step == 2 * 7
+    line = (
+        f"mlplab: Lightning's own step per batch (model.steps_per_call=4 not used): lightning {version} is outside the releases "
+        "the speed path was verified on (>= 2.6, < 2.7"
+    )
+    assert line in caplog.text
+    for (name, a), (_, b) in zip(reference.state_dict().items(), model.state_dict().items(), strict=True):
+        assert torch.equal(a, b), name
+
+
+def test_mlplab_imports_no_private_lightning_loop_until_a_fit_takes_the_speed_path():
+    """Importing the modules and the command must not depend on Lightning internals that a later release may move."""
+    import subprocess
+    import sys
+
+    code = "import sys, mlplab.lit_mlp, mlplab.data, mlplab.cli.lightning_cli; print('mlplab.grouped.loop' in sys.modules)"
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, check=True)
+    assert result.stdout.strip() == "False"
 
 
 def test_a_subclass_overriding_training_step_gets_lightnings_batches(tiny_dm_factory, tmp_path, caplog):

@@ -27,8 +27,11 @@ from torch import Tensor, nn
 from mlplab.checkpointing import check_checkpoint_file
 from mlplab.data.idx import atomic_write, atomic_write_bytes
 from mlplab.errors import ConfigError
+from mlplab.extras import require_extra
 from mlplab.lit_mlp import LitMLP
 
+# the formats that need the `export` extra, and what each imports
+EXTRA_MODULES: dict[str, tuple[str, ...]] = {"safetensors": ("safetensors",), "onnx": ("onnx", "onnxscript")}
 FORMATS: dict[str, str] = {"state_dict": ".pt", "safetensors": ".safetensors", "torchscript": ".torchscript.pt", "onnx": ".onnx"}
 # the LitMLP arguments that define the network (the rest only matter for training)
 ARCHITECTURE_KEYS = (
@@ -73,6 +76,8 @@ def export_checkpoint(ckpt_path: str | Path, fmt: str, output: str | Path | None
     """Write the checkpoint's model in format ``fmt`` to ``output`` (default: the checkpoint's path with the format's suffix)."""
     if fmt not in FORMATS:
         raise ConfigError(f"--format={fmt!r} is not a known export format; allowed: {', '.join(FORMATS)}.")
+    if fmt in EXTRA_MODULES:
+        require_extra("export", f"mlplab export --format {fmt}", EXTRA_MODULES[fmt])
     check_checkpoint_file(ckpt_path)
     model = LitMLP.load_from_checkpoint(ckpt_path, map_location="cpu").eval()
     output = Path(output) if output else Path(ckpt_path).with_suffix(FORMATS[fmt])

@@ -25,8 +25,9 @@ from torchmetrics import MaxMetric, Metric, MinMetric
 from mlplab import model_config, stage_metrics
 from mlplab.checkpointing import ResumableProgress
 from mlplab.data.preprocessing import Preprocessor
-from mlplab.grouped import GroupedSteps, check_lightning_version
+from mlplab.grouped import GroupedSteps
 from mlplab.models.mlp import MLP
+from mlplab.plain_config import make_hyperparameters_plain
 
 Task = Literal["multiclass", "multilabel", "regression"]
 # per task: the metric that selects the best epoch, and whether higher is better
@@ -99,6 +100,7 @@ class LitMLP(GroupedSteps, ResumableProgress):
         model_config.check_model_arguments(task, label_smoothing, l1, l2, steps_per_call, optimizer)
         self.save_hyperparameters()
         model_config.store_callables_as_config(self.hparams)
+        make_hyperparameters_plain(self.hparams)  # (Hydra's ListConfig/DictConfig: checkpoints stay loadable with weights_only)
         # plain-attribute copies of the hparams read at every optimizer step (an hparams lookup is a few µs there)
         self.task, self.steps_per_call, self.l1, self.l2 = task, steps_per_call, l1, l2
         self.optimizer_factory, self.lr_scheduler_factory = optimizer, lr_scheduler
@@ -131,8 +133,7 @@ class LitMLP(GroupedSteps, ResumableProgress):
             self.net_compiled = True
 
     def setup(self, stage: str) -> None:
-        """Check Lightning's release and the data's task; adopt the DataModule's fitted pre-processing; for fit, decide on grouping."""
-        check_lightning_version()
+        """Check the data's task; adopt the DataModule's fitted pre-processing; for fit, decide on grouping (and the release: mlplab.grouped)."""
         datamodule = self.trainer.datamodule if self.trainer else None
         model_config.check_data_fits(self.task, datamodule)
         fitted = getattr(datamodule, "preprocessor", None)

@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING
 
 from mlplab.errors import MLPLabError
 from mlplab.lazy import lazy_exports
+from mlplab.presets import presets_command, resolve_preset_arguments
 
 if TYPE_CHECKING:
     from lightning.pytorch import Callback
@@ -44,9 +45,13 @@ __getattr__ = lazy_exports(
 
 def main(args: Sequence[str] | None = None, extra_callbacks: Sequence[Callback] = ()) -> None:
     """Entry point of the ``mlplab`` console script (``extra_callbacks``: see :class:`MLPLabCLI`)."""
-    argv = list(sys.argv[1:] if args is None else args)
     try:
-        if argv[:1] == ["tune"]:
+        argv = resolve_preset_arguments(sys.argv[1:] if args is None else args)
+        if args is None:  # (LightningCLI, and Lightning's launchers starting the other ranks of a run, read sys.argv)
+            sys.argv[1:] = argv
+        if argv[:1] == ["presets"]:
+            presets_command(argv[1:])
+        elif argv[:1] == ["tune"]:
             from mlplab.tune.command import tune_command
 
             tune_command(argv[1:])

@@ -18,7 +18,8 @@ from mlplab.lr_finder import LearningRateFinderReport
 OTHER_COMMANDS = (
     "Other commands: `mlplab data download --dataset {mnist,fashion_mnist,all}` fetches and verifies the data; "
     "`mlplab export --ckpt_path CKPT --format {state_dict,safetensors,torchscript,onnx}` exports a trained model; "
-    "`mlplab tune --config ... --space SPACE.yaml --study NAME --n_trials N` searches hyper-parameters with Optuna."
+    "`mlplab tune --config ... --space SPACE.yaml --study NAME --n_trials N` searches hyper-parameters with Optuna; "
+    "`mlplab presets` lists the shipped configs, which --config takes by name (`--config seeds/d2l_fashion_mlp`)."
 )
 
 

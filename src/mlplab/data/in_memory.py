@@ -132,27 +132,56 @@ class InMemoryDataModule(LightningDataModule):
             return tuple(item.to(device) for item in batch)
         return super().transfer_batch_to_device(batch, device, dataloader_idx)
 
-    def _loader(self, split: str, train: bool) -> TensorBatchLoader | DataLoader:
+    def _loader(self, split: str, stage: str) -> TensorBatchLoader | DataLoader:
+        """The loader of ``split`` for ``stage`` (``train``, ``val``, ``test`` or ``predict``: its batch size and ``trainer.limit_*``)."""
         if not self.splits:
             raise RuntimeError(f"{type(self).__name__}.setup() must run before asking for the {split} loader.")
         x, y = self.splits[split]
+        train = stage == "train"
+        rank, world_size = (self.trainer.global_rank, self.trainer.world_size) if self.trainer else (0, 1)
         batch_size = self.hparams.batch_size if train else (self.hparams.eval_batch_size or self.hparams.batch_size)
         batch_size = batch_size or len(x)
         if self.hparams.num_workers > 0:
-            return DataLoader(
+            loader = DataLoader(
                 TensorDataset(x, y),
                 batch_size=batch_size,
                 shuffle=train,
                 num_workers=self.hparams.num_workers,
+                pin_memory=self.hparams.get("pin_memory", False),
                 persistent_workers=True,
                 generator=torch.Generator().manual_seed(self.hparams.seed),
             )
-        rank, world_size = (self.trainer.global_rank, self.trainer.world_size) if self.trainer else (0, 1)
-        group = self.train_group if train else 1
-        return TensorBatchLoader((x, y), batch_size, shuffle=train, seed=self.hparams.seed, rank=rank, world_size=world_size, group=group)
+        else:
+            group = self.train_group if train else 1
+            loader = TensorBatchLoader(
+                (x, y), batch_size, shuffle=train, seed=self.hparams.seed, rank=rank, world_size=world_size, group=group
+            )
+        self._check_batch_fraction(stage, len(loader), math.ceil(len(x) / world_size), batch_size)
+        return loader
+
+    def _check_batch_fraction(self, stage: str, batches: int, samples: int, batch_size: int) -> None:
+        """ConfigError when ``trainer.limit_<stage>_batches`` is a fraction of this loader's ``batches`` (of ``samples``) below one batch.
+
+        Lightning refuses it too, naming only the fraction; with evaluation batches larger than training ones the
+        fix is often the batch size, which this names as well.
+        """
+        limit = getattr(self.trainer, f"limit_{stage}_batches", None) if self.trainer is not None else None
+        if not (isinstance(limit, float) and 0 < limit < 1 and batches and int(limit * batches) < 1):
+            return
+        key = "data.batch_size" if stage == "train" else "data.eval_batch_size"
+        largest = max(1, samples // math.ceil(1 / limit))
+        while largest > 1 and int(limit * math.ceil(samples / largest)) < 1:
+            largest -= 1
+        train_batch = self.hparams.batch_size
+        unset = " (or leave it unset: the training batch size)" if stage != "train" and train_batch and train_batch <= largest else ""
+        raise ConfigError(
+            f"trainer.limit_{stage}_batches={limit} of the {batches} {stage} batches ({key}={batch_size}) is less than one batch; "
+            f"set {key} to at most {largest}{unset}, or give trainer.limit_{stage}_batches as a larger fraction or as a whole "
+            "number of batches (e.g. 1)."
+        )
 
     def train_dataloader(self) -> TensorBatchLoader | DataLoader:
-        loader = self._loader("train", train=True)
+        loader = self._loader("train", "train")
         if isinstance(loader, TensorBatchLoader):
             self.train_loader = loader
             if self.train_position is not None:
@@ -173,10 +202,10 @@ class InMemoryDataModule(LightningDataModule):
             self.train_loader.load_state_dict(self.train_position)
 
     def val_dataloader(self) -> TensorBatchLoader | DataLoader:
-        return self._loader("val", train=False)
+        return self._loader("val", "val")
 
     def test_dataloader(self) -> TensorBatchLoader | DataLoader:
-        return self._loader(self.hparams.test_split, train=False)
+        return self._loader(self.hparams.test_split, "test")
 
     def predict_dataloader(self) -> TensorBatchLoader | DataLoader:
-        return self._loader(self.hparams.test_split, train=False)
+        return self._loader(self.hparams.test_split, "predict")

@@ -18,6 +18,7 @@ from torch import Tensor
 
 from mlplab.data.in_memory import InMemoryDataModule
 from mlplab.errors import ConfigError
+from mlplab.plain_config import make_hyperparameters_plain
 
 
 class SyntheticRegressionDataModule(InMemoryDataModule):
@@ -51,6 +52,7 @@ class SyntheticRegressionDataModule(InMemoryDataModule):
         if num_samples <= 0 or (batch_size is not None and batch_size <= 0):
             raise ConfigError(f"data.num_samples={num_samples} and data.batch_size={batch_size} must be positive (batch_size may be null).")
         self.save_hyperparameters()
+        make_hyperparameters_plain(self.hparams)
         self.hparams.update(
             num_samples=num_samples,
             noise=self.default_noise if noise is None else noise,

@@ -15,7 +15,8 @@ they are and only makes one batch cheaper to reach:
 
 So every Trainer flag, progress bar, logger step and per-batch callback sees one batch per
 step, exactly as with one step per call. Everything here is Lightning-private (``_TrainingEpochLoop``
-and its counters); :func:`mlplab.grouped.check_lightning_version` guards the release.
+and its counters); :func:`mlplab.grouped.lightning_release_reason` keeps it to the releases it was verified on
+(this module is imported only by a fit that takes the speed path).
 """
 
 from __future__ import annotations
@@ -231,23 +232,6 @@ def set_hook_name(module: LightningModule, name: str | None) -> None:
         object.__setattr__(module, "_current_fx_name", name)
     else:
         module._current_fx_name = name
-
-
-def set_logger_step(trainer: Trainer, step: int) -> None:
-    """Make ``trainer``'s loggers write at ``step`` (Lightning offers no public setter; validate/test log at this counter)."""
-    trainer.fit_loop.epoch_loop._batches_that_stepped = step
-
-
-def keep_logged_hyperparameters(*components: Any) -> None:
-    """Stop the Trainer logging the hparams of these modules/DataModules again (its TensorBoard entry keeps the fit's hp_metric).
-
-    Lightning logs them (with a placeholder ``hp_metric=-1``) at the start of every stage; a test or validate
-    logged into the fit's own run would overwrite the fit's entry.
-    """
-    for component in components:
-        if component is not None:
-            # private LightningModule/DataModule flag: Lightning has no public switch once they are built
-            component._log_hyperparams = False
 
 
 def install_grouped_loop(trainer: Trainer) -> None:

@@ -30,8 +30,8 @@ from torch import Tensor
 
 from mlplab.data.loader import GroupsTrainBatches
 from mlplab.errors import ConfigError
+from mlplab.grouped import lightning_release_reason
 from mlplab.grouped.eligibility import one_step_per_call_reason
-from mlplab.grouped.loop import epoch_ran_to_its_end, install_grouped_loop
 
 
 class GroupedSteps(LightningModule):
@@ -44,8 +44,8 @@ class GroupedSteps(LightningModule):
     @property
     def automatic_optimization(self) -> bool:
         """False while this fit takes its optimizer steps through the grouped loop."""
-        # private: LightningModule keeps the flag in _automatic_optimization behind this property
-        return self._automatic_optimization and not self.grouped_steps
+        # private: LightningModule keeps the flag in _automatic_optimization behind this property (True unless set)
+        return getattr(self, "_automatic_optimization", True) and not self.grouped_steps
 
     @automatic_optimization.setter
     def automatic_optimization(self, value: bool) -> None:
@@ -61,7 +61,7 @@ class GroupedSteps(LightningModule):
             self.grouped_steps = False
             return False
         groups = isinstance(datamodule, GroupsTrainBatches)
-        reason = one_step_per_call_reason(self, self.trainer, self._known_hooks_class())
+        reason = lightning_release_reason() or one_step_per_call_reason(self, self.trainer, self._known_hooks_class())
         if reason is None and not (groups and datamodule.group_train_batches(self.steps_per_call)):
             reason = f"{type(datamodule).__name__} does not serve groups of batches (an mlplab DataModule with num_workers=0 does)"
         if reason is not None:
@@ -70,6 +70,8 @@ class GroupedSteps(LightningModule):
             rank_zero_info(f"mlplab: Lightning's own step per batch (model.steps_per_call={self.steps_per_call} not used): {reason}.")
             self.grouped_steps = False
             return False
+        from mlplab.grouped.loop import install_grouped_loop  # (Lightning's private loop API: only on a verified release)
+
         install_grouped_loop(self.trainer)
         self.grouped_steps = True
         return True
@@ -167,6 +169,8 @@ class GroupedSteps(LightningModule):
         """
         if self.scheduler_interval != interval:  # (checked first: this runs every optimizer step)
             return
+        from mlplab.grouped.loop import epoch_ran_to_its_end  # (under manual optimization: imported by the speed path already)
+
         scheduler = self.lr_schedulers()
         if scheduler is None or (interval == "epoch" and not epoch_ran_to_its_end(self.trainer)):
             return

@@ -15,6 +15,7 @@ import os
 from collections.abc import Sequence
 
 from mlplab.errors import ConfigError
+from mlplab.extras import require_extra
 from mlplab.tune.launch import LAUNCHES, TrialLauncher
 
 
@@ -61,6 +62,7 @@ def parse_options(argv: Sequence[str]) -> tuple[argparse.Namespace, list[str]]:
 
 
 def tune_command(argv: Sequence[str]) -> None:
+    require_extra("tune", "mlplab tune")
     options, fit_args = parse_options(argv)
     threads = max(1, len(os.sched_getaffinity(0)) // options.workers) if options.workers > 1 else None
     launcher = TrialLauncher(options.launch, threads, fit_args)  # K trials at a time share the cores instead of each taking all of them

@@ -19,6 +19,7 @@ import optuna
 import sqlalchemy
 
 from mlplab.errors import ConfigError
+from mlplab.extras import require_extra
 
 CREATE_ATTEMPTS = 5
 TABLE_CREATION_RACE = (sqlalchemy.exc.IntegrityError, sqlalchemy.exc.ProgrammingError, sqlalchemy.exc.InternalError)
@@ -43,6 +44,8 @@ def open_storage(url: str, heartbeat_interval: int | None = None, prepared: bool
     ``heartbeat_interval`` (seconds) for the process that runs trials: a trial whose process stopped
     sending heartbeats for three intervals is marked failed by the next process that starts one.
     """
+    if url.startswith(("postgresql://", "postgresql+psycopg://")):  # (SQLAlchemy's default PostgreSQL driver is psycopg 3)
+        require_extra("postgres", f"--storage {shown(url)!r}")
     engine_kwargs = {"connect_args": {"timeout": 60}} if url.startswith("sqlite") else {"pool_pre_ping": True}
     if url.startswith("sqlite:///"):
         Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)

@@ -140,3 +140,61 @@ def test_batches_reach_the_device_without_copies(tiny_dm_factory):
     assert dm.transfer_batch_to_device((x, y), torch.device("cpu"), 0)[0] is x  # already there: no copy
     # anything else is Lightning's business (here: a dict of tensors)
     assert dm.transfer_batch_to_device({"x": x}, torch.device("cpu"), 0)["x"] is x
+
+
+def test_evaluation_batches_default_to_the_training_batch_size_and_pin_memory_reaches_the_dataloader(tiny_dm_factory):
+    dm = tiny_dm_factory(batch_size=16)
+    dm.setup("fit")
+    assert dm.val_dataloader().batch_size == 16 and len(dm.val_dataloader()) == 3  # 40 validation samples
+    dm = tiny_dm_factory(batch_size=16, eval_batch_size=40)
+    dm.setup("fit")
+    assert len(dm.val_dataloader()) == 1
+    dm = tiny_dm_factory(num_workers=1, pin_memory=True)
+    dm.setup("fit")
+    assert dm.val_dataloader().pin_memory and not tiny_dm_factory(num_workers=1).hparams.pin_memory
+
+
+@pytest.mark.parametrize(
+    ("stage", "limit", "kwargs", "expected"),
+    [
+        (
+            "val",
+            0.1,
+            {"eval_batch_size": 64},
+            "trainer.limit_val_batches=0.1 of the 1 val batches (data.eval_batch_size=64) is less than one batch; set data.eval_batch_size to at most 4, or",
+        ),
+        (
+            "val",
+            0.5,
+            {"batch_size": 8, "eval_batch_size": 40},
+            "set data.eval_batch_size to at most 20 (or leave it unset: the training batch size), or",
+        ),
+        (
+            "train",
+            0.1,
+            {},
+            "trainer.limit_train_batches=0.1 of the 7 train batches (data.batch_size=32) is less than one batch; set data.batch_size to at most 20, or",
+        ),
+        (
+            "test",
+            0.25,
+            {"eval_batch_size": 60},
+            "trainer.limit_test_batches=0.25 of the 1 test batches (data.eval_batch_size=60) is less than one batch; set data.eval_batch_size to at most 15",
+        ),
+    ],
+)
+def test_a_fraction_of_the_batches_below_one_batch_names_the_batch_size_that_makes_it_one(tiny_dm_factory, stage, limit, kwargs, expected):
+    from tests.conftest import quiet_trainer
+
+    dm = tiny_dm_factory(**kwargs)
+    dm.trainer = quiet_trainer(".", **{f"limit_{stage}_batches": limit})
+    dm.setup("fit")
+    with pytest.raises(ConfigError) as refused:
+        getattr(dm, f"{stage}_dataloader")()
+    assert expected in str(refused.value)
+    # the suggested size gives at least one batch of that fraction
+    suggested = int(str(refused.value).split("at most ")[1].split()[0].rstrip(","))
+    samples = {"train": 200, "val": 40, "test": 60}[stage]
+    assert int(limit * -(-samples // suggested)) >= 1
+    dm.trainer = quiet_trainer(".", **{f"limit_{stage}_batches": 1.0})
+    getattr(dm, f"{stage}_dataloader")()  # (the whole split is one batch or more)

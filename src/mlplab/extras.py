@@ -14,6 +14,7 @@ from mlplab.errors import MLPLabError
 # extra -> the import names it provides (pyproject.toml's [project.optional-dependencies] installs them)
 EXTRAS: dict[str, tuple[str, ...]] = {
     "tune": ("optuna", "optuna_integration"),
+    "compare": ("optuna", "optuna_integration", "scipy"),
     "export": ("safetensors", "onnx", "onnxscript", "onnxruntime"),
     "postgres": ("psycopg",),
     "dashboard": ("optuna_dashboard",),

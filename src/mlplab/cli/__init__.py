@@ -55,6 +55,10 @@ def main(args: Sequence[str] | None = None, extra_callbacks: Sequence[Callback] 
             from mlplab.tune.command import tune_command
 
             tune_command(argv[1:])
+        elif argv[:1] == ["compare"]:
+            from mlplab.tune.compare import compare_command
+
+            compare_command(argv[1:])
         else:
             from mlplab.cli.commands import run_command
 

@@ -65,7 +65,7 @@ def check_space_against_config(fit_args: Sequence[str], space: Sequence[Paramete
     try:
         base = resolved_config(fit_args)
     except (MLPLabError, argparse.ArgumentError) as err:
-        raise ConfigError(f"the config given to mlplab tune is refused before any trial: {_message(err)}") from err
+        raise ConfigError(f"the config given to mlplab tune is refused before any trial: {error_message(err)}") from err
     logged = base.model.logged_metric_names()
     if metric not in logged:
         choices = ", ".join(sorted(k for k in logged if k.startswith("val/")))
@@ -80,13 +80,13 @@ def check_space_against_config(fit_args: Sequence[str], space: Sequence[Paramete
                 try:
                     resolved_config([*fit_args, as_override(key, value)])
                 except (MLPLabError, argparse.ArgumentError) as err:
-                    raise ConfigError(f"{source}: {key}={value!r} is refused by the config: {_message(err)}") from err
+                    raise ConfigError(f"{source}: {key}={value!r} is refused by the config: {error_message(err)}") from err
             shown_values = ", ".join(f"{key}={value!r}" for key, value in together)
-            raise ConfigError(f"{source}: the values {shown_values} are refused together by the config: {_message(combined)}") from combined
+            raise ConfigError(f"{source}: the values {shown_values} are refused together by the config: {error_message(combined)}") from combined
     return base
 
 
-def _message(err: Exception) -> str:
+def error_message(err: Exception) -> str:
     return describe_argument_error(err) if isinstance(err, argparse.ArgumentError) else str(err)
 
 

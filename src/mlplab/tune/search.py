@@ -16,6 +16,7 @@ import sys
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import optuna
 
@@ -42,6 +43,15 @@ class TuneRun:
     storage_url: str
     launcher: TrialLauncher
     plain_processes: bool  # trials of several processes start as new processes (see mlplab.tune.launch)
+    test_after_fit: bool = False  # mlplab compare tests each run's best checkpoint; a tune trial needs only validation
+
+    def run_name(self, trial: optuna.Trial, values: dict[str, Any]) -> str:
+        """The trial's run folder under the study's folder (its TensorBoard version)."""
+        return f"trial_{trial.number:04d}"
+
+    def overrides(self, values: dict[str, Any]) -> list[str]:
+        """What the trial's values add to ``mlplab fit``'s arguments."""
+        return [as_override(key, value) for key, value in values.items()]
 
     @property
     def interrupted(self) -> bool:
@@ -55,7 +65,7 @@ class TuneRun:
         ``reason`` attribute. (Raising instead would make Optuna log a traceback of this function.)
         """
         values = {p.key: p.suggest(trial) for p in self.space}
-        version = f"trial_{trial.number:04d}"
+        version = self.run_name(trial, values)
         run_dir = self.folder / version
         run_dir.mkdir(parents=True, exist_ok=True)
         result_file = run_dir / "trial_result.json"
@@ -69,8 +79,8 @@ class TuneRun:
             "init_args": {"save_dir": str(self.folder.parent), "name": self.folder.name, "version": version},
         }
         argv = [
-            "fit", *self.fit_args, *(as_override(key, value) for key, value in values.items()),
-            f"--trainer.logger={json.dumps(logger)}", "--trainer.enable_progress_bar=false", "--test_after_fit=false",
+            "fit", *self.fit_args, *self.overrides(values),
+            f"--trainer.logger={json.dumps(logger)}", "--trainer.enable_progress_bar=false", f"--test_after_fit={str(self.test_after_fit).lower()}",
         ]  # fmt: skip
         spec = {
             "storage": self.storage_url, "study": trial.study.study_name, "trial_id": trial._trial_id,
@@ -84,7 +94,8 @@ class TuneRun:
         trial.set_user_attr("trial_process", process.pid)
         returncode = process.wait()
         outcome = json.loads(result_file.read_text()) if result_file.is_file() else {}
-        trial.set_user_attr("epochs", outcome.get("epochs"))
+        for key in ("epochs", "fit_seconds", "test"):
+            trial.set_user_attr(key, outcome.get(key))
         if returncode == 0 and outcome.get("pruned_at") is not None:
             trial.set_user_attr("pruned_at", outcome["pruned_at"])
             raise optuna.TrialPruned(f"pruned after epoch {outcome['pruned_at']}")

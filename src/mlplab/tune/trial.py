@@ -20,6 +20,7 @@ import math
 import os
 import signal
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -35,12 +36,23 @@ from mlplab.tune.study import make_pruner
 
 
 class TrialRecorder(Callback):
-    """Keeps the best validation value of ``metric`` and marks a pruned run in TensorBoard (``tune/pruned``)."""
+    """Keeps the best validation value of ``metric``, the fit's time and the test metrics; marks a pruned run in TensorBoard (``tune/pruned``)."""
 
     def __init__(self, metric: str, direction: str, result_file: Path) -> None:
         self.metric, self.maximize, self.result_file = metric, direction == "maximize", result_file
         self.best: float | None = None
         self.epochs, self.last_validated_epoch = 0, 0
+        self.fit_started, self.fit_seconds = 0.0, None
+        self.test: dict[str, float] | None = None
+
+    def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
+        # (setup, not on_fit_start: a callback overriding on_fit_start takes the fit off the speed path, mlplab.grouped)
+        if stage == "fit":
+            self.fit_started = time.perf_counter()
+
+    def on_test_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        self.test = {key: float(value) for key, value in trainer.callback_metrics.items() if key.startswith("test/")}
+        self.write(pruned_at=None)
 
     def on_validation_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         if trainer.sanity_checking or self.metric not in trainer.callback_metrics:
@@ -57,14 +69,14 @@ class TrialRecorder(Callback):
             trainer.logger.save()
 
     def on_fit_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        self.epochs = trainer.current_epoch
+        self.epochs, self.fit_seconds = trainer.current_epoch, time.perf_counter() - self.fit_started
         if trainer.logger is not None:
             trainer.logger.log_metrics({"tune/pruned": 0.0}, step=trainer.global_step)
         self.write(pruned_at=None)
 
     def write(self, pruned_at: int | None) -> None:
         if int(os.environ.get("RANK", os.environ.get("LOCAL_RANK", "0"))) == 0:
-            result = {"objective": self.best, "epochs": self.epochs, "pruned_at": pruned_at}
+            result = {"objective": self.best, "epochs": self.epochs, "pruned_at": pruned_at, "fit_seconds": self.fit_seconds, "test": self.test}
             atomic_write_bytes(self.result_file, json.dumps(result).encode())
 
 

@@ -43,6 +43,7 @@ SLOW_MODULES = {
     "test_readme",
     "test_wheel",
     "test_hydra",
+    "test_compare",
 }
 
 

@@ -142,12 +142,18 @@ def painted(page) -> None:
     page.evaluate("() => new Promise(done => requestAnimationFrame(() => requestAnimationFrame(done)))")
 
 
-# a line the chart drew through at least two points: its SVG path has a segment ("L")
+# a line the chart drew through at least two points: its SVG path has a segment ("L"); a margin chart's band likewise
 DRAWN_LINES = "path.line[d*='L']"
+DRAWN_BANDS = "path.area[d*='L']"
+LINE_CARDS, MARGIN_CARDS = "tf-custom-scalar-multi-line-chart-card", "tf-custom-scalar-margin-chart-card"
 
 
-def render_custom_scalars(url: str, screenshot: Path | None = None, expected: dict[str, int] | None = None) -> dict[str, int]:
+def render_custom_scalars(
+    url: str, screenshot: Path | None = None, expected: dict[str, int] | None = None, margin: bool = False
+) -> dict[str, int]:
     """Open the Custom Scalars page showing raw values (smoothing 0, outliers in scale); per chart, its lines of two points or more.
+
+    ``margin``: read the margin charts instead, and count their bands (one per run that has the chart's three tags).
 
     The charts draw as their data arrive: with ``expected`` the page is read once it shows that (or after a minute,
     whatever it shows then); without, once two readings a second apart agree.
@@ -155,13 +161,14 @@ def render_custom_scalars(url: str, screenshot: Path | None = None, expected: di
     with browser_page() as page:
         # (TensorBoard's dashboards keep these settings in the URL's hash)
         page.goto(f"{url}/#custom_scalars&_smoothingWeight=0", wait_until="networkidle")
-        cards = page.locator("tf-custom-scalar-multi-line-chart-card")
-        cards.first.locator(DRAWN_LINES).first.wait_for(timeout=60_000)
+        cards, drawn_element = page.locator(MARGIN_CARDS if margin else LINE_CARDS), DRAWN_BANDS if margin else DRAWN_LINES
+        # (a band of zero height, runs that agree exactly, is drawn but not "visible")
+        cards.first.locator(drawn_element).first.wait_for(state="attached" if margin else "visible", timeout=60_000)
         page.get_by_role("checkbox", name="Ignore outliers in chart scaling").uncheck()
 
         def drawn_lines() -> dict[str, int]:
             # (the title is the Polymer card's own property: its heading is drawn in shadow DOM)
-            return {cards.nth(i).evaluate("card => card.title"): cards.nth(i).locator(DRAWN_LINES).count() for i in range(cards.count())}
+            return {cards.nth(i).evaluate("card => card.title"): cards.nth(i).locator(drawn_element).count() for i in range(cards.count())}
 
         deadline, previous = time.monotonic() + 60, None
         while True:

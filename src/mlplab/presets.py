@@ -1,6 +1,6 @@
 """The shipped configs (the repository's ``configs/``, installed inside the package) reached by name from anywhere.
 
-``mlplab fit --config seeds/d2l_fashion_mlp`` (or ``seeds/d2l_fashion_mlp.yaml``, or the checkout's
+``mlplab fit --config seeds/d2l_fashion_mlp`` (also for ``--space`` and ``--variants``; or ``seeds/d2l_fashion_mlp.yaml``, or the checkout's
 ``configs/seeds/d2l_fashion_mlp.yaml``) reads the preset when no such file exists in the working folder:
 a file of that path always wins. ``mlplab presets`` lists them, ``mlplab presets copy NAME DEST`` copies one
 to edit.
@@ -17,8 +17,8 @@ from mlplab.errors import ConfigError
 
 # src/mlplab/configs: a link to the checkout's configs/ in a checkout, the files themselves in a built wheel
 PRESETS_DIR = Path(__file__).resolve().parent / "configs"
-# the options whose value is a config file (fit's and tune's --config, tune's --space)
-FILE_OPTIONS = ("--config", "--space")
+# the options whose value is a config file (--config; tune's --space, compare's --variants)
+FILE_OPTIONS = ("--config", "--space", "--variants")
 
 
 def preset_names() -> list[str]:

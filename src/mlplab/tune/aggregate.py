@@ -52,9 +52,15 @@ def aggregate(runs: Iterable[RunScalars]) -> dict[str, dict[int, tuple[float, fl
     return result
 
 
+def charted(tag: str) -> bool:
+    """Whether a tag is a metric worth a band: a train/val/test metric or a learning rate (not counters, hp_metric, tune/)."""
+    return tag.startswith(("train/", "val/", "test/", "lr-")) and not tag.startswith("train/optimizer_steps") and not tag.endswith("_best")
+
+
 def margin_layout(tags: Iterable[str]) -> dict[str, dict[str, list]]:
-    """One margin chart per tag: the mean, drawn with its lower and upper values as a band."""
-    return {CATEGORY: {tag: ["Margin", [f"{tag}/mean", f"{tag}/lower", f"{tag}/upper"]] for tag in sorted(tags)}}
+    """One margin chart per metric: the mean, drawn with its lower and upper values as a band."""
+    metrics = sorted(tag for tag in tags if charted(tag))
+    return {CATEGORY: {tag: ["Margin", [f"{tag}/mean", f"{tag}/lower", f"{tag}/upper"]] for tag in metrics}}
 
 
 def write_aggregates(folder: Path, per_variant: dict[str, dict[str, dict[int, tuple[float, float, int]]]]) -> Path:

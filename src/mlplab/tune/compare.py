@@ -28,13 +28,17 @@ def build_parser() -> argparse.ArgumentParser:
         description="Compare variants of a config over several seeds. Each run is an `mlplab fit` of the --config files and "
         "--key=value overrides given here, the variant's changes and the seed, tested on its best checkpoint.",
     )
-    parser.add_argument("--variants", required=True, help="YAML file: NAME: {key: value, config: [...]} per variant, or grid: {key: [...]}.")
+    parser.add_argument(
+        "--variants", required=True, help="YAML file: NAME: {key: value, config: [...]} per variant, or grid: {key: [...]}."
+    )
     parser.add_argument("--seeds", default="3", help="N (seeds 1..N) or a comma-separated list of seeds, e.g. 1,2,7.")
     parser.add_argument("--study", required=True, help="Study name; the same name (and --storage) continues or joins a comparison.")
     parser.add_argument("--storage", default=None, help="SQLAlchemy URL shared by several machines (default: LOG_DIR/STUDY/study.db).")
     parser.add_argument("--workers", type=int, default=1, help="Runs at a time in this process, each its own process.")
     parser.add_argument("--metric", default=None, help="Test metric compared (default: the model's headline, test/acc or test/mse).")
-    parser.add_argument("--heartbeat", type=int, default=10, help="Seconds between a running run's heartbeats (3 missed: failed, run again).")
+    parser.add_argument(
+        "--heartbeat", type=int, default=10, help="Seconds between a running run's heartbeats (3 missed: failed, run again)."
+    )
     parser.add_argument("--log_dir", default="logs/compare", help="Runs go to LOG_DIR/STUDY/VARIANT/seed_N.")
     parser.add_argument("--launch", choices=LAUNCHES, default="warm", help="How run processes start (as in mlplab tune).")
     return parser
@@ -76,5 +80,3 @@ def compare_command(argv: Sequence[str]) -> None:
         from mlplab.tune.comparison import run_comparison
 
         run_comparison(options, fit_args, launcher, time.perf_counter())
-
-

@@ -29,6 +29,7 @@ from mlplab.tune.study import open_study
 from mlplab.tune.variants import Variant, load_variants
 
 PARAMETERS = ("variant", "seed")
+LOWER_IS_BETTER = ("loss", "mse", "mae")  # metrics whose smallest value is best (the others: accuracy, F1, R²)
 
 
 def seed_arguments(seed: int) -> list[str]:
@@ -49,18 +50,29 @@ def run_comparison(options: argparse.Namespace, fit_args: list[str], launcher: T
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
     variants = {variant.name: variant for variant in load_variants(options.variants)}
     base = check_variants_against_config(fit_args, list(variants.values()), options)
-    headline, mode = base.model.headline_key.removeprefix("val/"), "max" if base.model.headline_key.endswith("acc") else "min"
+    headline = base.model.headline_key.removeprefix("val/")
     options.metric = options.metric or f"test/{headline}"
     if not options.metric.startswith("test/"):
         raise ConfigError(f"--metric {options.metric!r} is not a test metric; mlplab compare compares test/ values (e.g. test/{headline}).")
+    tested = sorted(
+        "test/" + key.removeprefix("val/")
+        for key in base.model.logged_metric_names()
+        if key.startswith("val/") and not key.endswith("_best")
+    )
+    if options.metric not in tested:
+        raise ConfigError(f"--metric {options.metric!r} is never logged by this model's test; test metrics: {', '.join(tested)}.")
+    mode = "min" if options.metric.endswith(LOWER_IS_BETTER) else "max"
     # what the study engine reads: the objective is a run's best validation value of the headline; no pruning; the
     # sampler only matters for a trial that finds the queue empty (another process took the queued ones)
     engine = argparse.Namespace(
-        **vars(options), direction="maximize" if mode == "max" else "minimize", pruner="none", pruner_startup_trials=0,
+        **vars(options), direction="minimize" if base.model.headline_key.endswith(LOWER_IS_BETTER) else "maximize", pruner="none", pruner_startup_trials=0,
         sampler="random", sampler_seed=None, space=options.variants,
     )  # fmt: skip
     engine.metric = options.validation_metric = base.model.headline_key
-    space = [Parameter("variant", "categorical", choices=tuple(variants)), Parameter("seed", "categorical", choices=tuple(options.seed_list))]
+    space = [
+        Parameter("variant", "categorical", choices=tuple(variants)),
+        Parameter("seed", "categorical", choices=tuple(options.seed_list)),
+    ]
     folder = Path(options.log_dir) / options.study
     created = not folder.exists()
     url = options.storage or embedded_url(folder)
@@ -127,7 +139,9 @@ def check_variants_against_config(fit_args: list[str], variants: list[Variant], 
         try:
             report.resolved_config([*fit_args, *variant.fit_arguments(), *seed_arguments(options.seed_list[0])])
         except (MLPLabError, argparse.ArgumentError) as err:
-            raise ConfigError(f"--variants {options.variants!r}, variant {variant.name!r} is refused by the config: {report.error_message(err)}") from err
+            raise ConfigError(
+                f"--variants {options.variants!r}, variant {variant.name!r} is refused by the config: {report.error_message(err)}"
+            ) from err
     return base
 
 

@@ -21,13 +21,13 @@ from pathlib import Path
 import matplotlib
 
 matplotlib.use("Agg")  # (files only: no display is needed or used)
-import matplotlib.pyplot as plt  # noqa: E402
-import optuna  # noqa: E402
-from optuna.trial import TrialState  # noqa: E402
+import matplotlib.pyplot as plt
+import optuna
+from optuna.trial import TrialState
 
-from mlplab.data.idx import atomic_write, atomic_write_bytes  # noqa: E402
-from mlplab.tune.aggregate import aggregate, read_scalars, write_aggregates  # noqa: E402
-from mlplab.tune.statistics import Difference, Summary, summarize, welch  # noqa: E402
+from mlplab.data.idx import atomic_write, atomic_write_bytes
+from mlplab.tune.aggregate import aggregate, read_scalars, write_aggregates
+from mlplab.tune.statistics import Difference, Summary, summarize, welch
 
 
 @dataclass(frozen=True)
@@ -73,11 +73,17 @@ def write_comparison(study: optuna.Study, variants: list[str], options: argparse
     order = sorted(summaries, key=lambda variant: summaries[variant].mean, reverse=mode == "max")
     best = order[0] if order else None
     differences = {
-        variant: welch([run.test for run in by_variant[variant]], [run.test for run in by_variant[best]]) for variant in order if variant != best
+        variant: welch([run.test for run in by_variant[variant]], [run.test for run in by_variant[best]])
+        for variant in order
+        if variant != best
     }
     folder.mkdir(parents=True, exist_ok=True)
     write_csv(folder / "results.csv", order, by_variant, summaries, differences, metric)
-    failed = [t for t in study.get_trials(deepcopy=False, states=(TrialState.FAIL,)) if not str(t.user_attrs.get("reason", "")).startswith("not run:")]
+    failed = [
+        t
+        for t in study.get_trials(deepcopy=False, states=(TrialState.FAIL,))
+        if not str(t.user_attrs.get("reason", "")).startswith("not run:")
+    ]
     write_markdown(folder / "results.md", order, by_variant, summaries, differences, options, best, failed)
     if runs:
         scalars = {variant: aggregate(read_scalars(run.folder) for run in rows) for variant, rows in by_variant.items() if rows}
@@ -152,7 +158,10 @@ def write_markdown(path: Path, order, by_variant, summaries, differences, option
             lines.append(f"| {variant} | {d.difference:+.4f} | {interval} | {number(d.p, 3) or 'n/a'} | {verdict} |")
     if failed:
         lines += ["", "Runs that did not complete (the same command runs them again):", ""]
-        lines += [f"- trial {t.number} {t.params or t.system_attrs.get('fixed_params')}: {t.user_attrs.get('reason', 'no reason recorded')}" for t in failed]
+        lines += [
+            f"- trial {t.number} {t.params or t.system_attrs.get('fixed_params')}: {t.user_attrs.get('reason', 'no reason recorded')}"
+            for t in failed
+        ]
     atomic_write_bytes(path, ("\n".join(lines) + "\n").encode())
 
 
@@ -168,7 +177,9 @@ def draw_figure(path: Path, order, by_variant, scalars, metric: str, study: str)
             mean = [steps[s][0] for s in x]
             sd = [steps[s][1] for s in x]
             curves.plot(x, mean, color=color, label=variant)
-            curves.fill_between(x, [m - d for m, d in zip(mean, sd, strict=True)], [m + d for m, d in zip(mean, sd, strict=True)], color=color, alpha=0.2)
+            curves.fill_between(
+                x, [m - d for m, d in zip(mean, sd, strict=True)], [m + d for m, d in zip(mean, sd, strict=True)], color=color, alpha=0.2
+            )
         values = [run.test for run in by_variant[variant]]
         dots.scatter([index] * len(values), values, color=color, s=18)
         dots.hlines(sum(values) / len(values), index - 0.3, index + 0.3, color=color)

@@ -82,7 +82,9 @@ def check_space_against_config(fit_args: Sequence[str], space: Sequence[Paramete
                 except (MLPLabError, argparse.ArgumentError) as err:
                     raise ConfigError(f"{source}: {key}={value!r} is refused by the config: {error_message(err)}") from err
             shown_values = ", ".join(f"{key}={value!r}" for key, value in together)
-            raise ConfigError(f"{source}: the values {shown_values} are refused together by the config: {error_message(combined)}") from combined
+            raise ConfigError(
+                f"{source}: the values {shown_values} are refused together by the config: {error_message(combined)}"
+            ) from combined
     return base
 
 

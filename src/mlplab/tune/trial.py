@@ -76,7 +76,13 @@ class TrialRecorder(Callback):
 
     def write(self, pruned_at: int | None) -> None:
         if int(os.environ.get("RANK", os.environ.get("LOCAL_RANK", "0"))) == 0:
-            result = {"objective": self.best, "epochs": self.epochs, "pruned_at": pruned_at, "fit_seconds": self.fit_seconds, "test": self.test}
+            result = {
+                "objective": self.best,
+                "epochs": self.epochs,
+                "pruned_at": pruned_at,
+                "fit_seconds": self.fit_seconds,
+                "test": self.test,
+            }
             atomic_write_bytes(self.result_file, json.dumps(result).encode())
 
 

@@ -79,7 +79,7 @@ def load_variants(path: str) -> list[Variant]:
     except OSError as err:
         raise ConfigError(f"--variants {path!r} cannot be read: {err.strerror or err}.") from err
     try:
-        raw = yaml.load(text, Loader=UniqueKeyLoader)  # noqa: S506 (a SafeLoader subclass)
+        raw = yaml.load(text, Loader=UniqueKeyLoader)
     except ConfigError as err:
         raise ConfigError(str(err).replace("{where}", f" in --variants {path!r}")) from err
     except yaml.YAMLError as err:
@@ -133,7 +133,9 @@ def grid_variants(grid: Any, path: str) -> list[Variant]:
         variants.append(parse_variant(name, dict(zip(keys, values, strict=True)), path))
     names = [v.name for v in variants]
     if len(set(names)) != len(names):
-        raise ConfigError(f"--variants {path!r}: the grid's keys end in the same name, so its variants' names repeat ({names[0]}); use named variants.")
+        raise ConfigError(
+            f"--variants {path!r}: the grid's keys end in the same name, so its variants' names repeat ({names[0]}); use named variants."
+        )
     return variants
 
 
@@ -147,10 +149,14 @@ def check_variant(variant: Variant, path: str) -> None:
     where = f"--variants {path!r}, variant {variant.name!r}"
     for key, _ in variant.overrides:
         if key.replace(".init_args.", ".") in SEED_KEYS or key in SEED_KEYS:
-            raise ConfigError(f"{where}: {key} sets the seed, which --seeds sets for every run (seed_everything and data.seed); leave it out.")
+            raise ConfigError(
+                f"{where}: {key} sets the seed, which --seeds sets for every run (seed_everything and data.seed); leave it out."
+            )
     for file in variant.configs:
         content = read_config_file(file) or {}
         keys = set(dotted_keys(content)) if isinstance(content, dict) else set()
         found = sorted(keys & set(SEED_KEYS))
         if found:
-            raise ConfigError(f"{where}: its config {file!r} sets {', '.join(found)}, which --seeds sets for every run; remove it from that file.")
+            raise ConfigError(
+                f"{where}: its config {file!r} sets {', '.join(found)}, which --seeds sets for every run; remove it from that file."
+            )

@@ -29,7 +29,6 @@ def test_learns_the_tiny_task_and_logs_every_metric(tiny_dm_factory, tmp_path):
     assert fit_metrics["hp_metric"] == fit_metrics["val/acc_best"]
     trainer.test(model, datamodule=dm, verbose=False)
     assert trainer.callback_metrics["test/acc"] > 0.9
-    print("VALUES", dict(trainer.callback_metrics), fit_metrics)
     assert trainer.callback_metrics["test/loss"] < fit_metrics["train/loss"] * 10
 
 

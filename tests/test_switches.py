@@ -290,7 +290,10 @@ def test_multilabel_overlaid_digits(tmp_path):
     assert y.shape == (350, 10) and set(y.sum(1).tolist()) <= {1.0, 2.0} and (y.sum(1) == 2).any()
     model = LitMLP(hidden_dims=[64], task="multilabel")
     trainer = fit(model, dm, tmp_path, epochs=10)
-    assert trainer.callback_metrics["val/acc"] > 0.9 and "val/f1" in trainer.callback_metrics
+    # predicting "no digit" everywhere scores 1 - (label density) (about 0.81): the model must close most of the gap to 1
+    all_zeros = 1 - float(dm.splits["val"][1].mean())
+    metrics = {key: float(trainer.callback_metrics[key]) for key in ("val/acc", "val/f1")}
+    assert metrics["val/acc"] > all_zeros + 0.75 * (1 - all_zeros) and metrics["val/f1"] > 0.8, (metrics, all_zeros)
     probabilities = model.predict_step((x[:4], y[:4]), 0)
     assert probabilities.shape == (4, 10) and ((probabilities >= 0) & (probabilities <= 1)).all()
 

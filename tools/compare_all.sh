@@ -17,3 +17,6 @@ run seed001_activations --config compare/mnist_optimizers --variants compare/see
 run seed001_initialisations --config compare/mnist_optimizers --variants compare/seed001_initialisations
 run seed003_deep --config compare/deep_sigmoid --variants compare/seed003_deep_activations
 run seed002_step_lr --config seeds/step_lr_mnist --variants compare/seed002_step_lr
+# the "three seeds" rows of docs/results.md that a comparison re-derives in minutes
+run fast_mnist_98 --config fast/mnist_98 --variants compare/as_is
+run fast_fashion_89 --config fast/fashion_89 --variants compare/as_is

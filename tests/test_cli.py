@@ -10,8 +10,8 @@ import yaml
 from mlplab.cli import main
 from tests.conftest import MLPLAB, REAL_DATA_DIR, ROOT
 
-# every config and fragment (configs/tune/ holds search spaces for `mlplab tune`, not configs)
-CONFIGS = sorted(p.relative_to(ROOT).as_posix() for p in (ROOT / "configs").rglob("*.yaml") if p.parent.name != "tune")
+# every config and fragment (configs/tune/ holds search spaces for `mlplab tune`, configs/variants/ the variants files of `mlplab compare`: not configs)
+CONFIGS = sorted(p.relative_to(ROOT).as_posix() for p in (ROOT / "configs").rglob("*.yaml") if p.parent.name not in ("tune", "variants"))
 
 
 def print_config(capsys, *args: str) -> dict:

@@ -11,7 +11,6 @@ imports run on one core while this process's run on the other; :mod:`~mlplab.tun
 from __future__ import annotations
 
 import argparse
-import os
 from collections.abc import Sequence
 
 from mlplab.errors import ConfigError
@@ -64,8 +63,7 @@ def parse_options(argv: Sequence[str]) -> tuple[argparse.Namespace, list[str]]:
 def tune_command(argv: Sequence[str]) -> None:
     require_extra("tune", "mlplab tune")
     options, fit_args = parse_options(argv)
-    threads = max(1, len(os.sched_getaffinity(0)) // options.workers) if options.workers > 1 else None
-    launcher = TrialLauncher(options.launch, threads, fit_args)  # K trials at a time share the cores instead of each taking all of them
+    launcher = TrialLauncher.for_workers(options.launch, options.workers, fit_args)
     with launcher.ctrl_c.installed():  # from here on Ctrl-C is a flag the study reads (mlplab.tune.launch.CtrlC)
         from mlplab.tune.search import run_search  # (torch, Lightning, Optuna: imported while the fork server imports them too)
 

@@ -13,7 +13,6 @@ pairs not done (a run that was cut off starts again from scratch), and a pair is
 from __future__ import annotations
 
 import argparse
-import os
 import time
 from collections.abc import Sequence
 
@@ -73,8 +72,7 @@ def parse_options(argv: Sequence[str]) -> tuple[argparse.Namespace, list[str]]:
 def compare_command(argv: Sequence[str]) -> None:
     require_extra("compare", "mlplab compare")
     options, fit_args = parse_options(argv)
-    threads = max(1, len(os.sched_getaffinity(0)) // options.workers) if options.workers > 1 else None
-    launcher = TrialLauncher(options.launch, threads, fit_args)
+    launcher = TrialLauncher.for_workers(options.launch, options.workers, fit_args)
     with launcher.ctrl_c.installed():
         # (imported here: torch, Lightning and Optuna load while the fork server imports them too)
         from mlplab.tune.comparison import run_comparison

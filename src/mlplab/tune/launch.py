@@ -114,6 +114,12 @@ class TrialLauncher:
             shared = self.context.Event()
         self.ctrl_c = CtrlC(shared)
 
+    @classmethod
+    def for_workers(cls, launch: str, workers: int, fit_args: list[str]) -> TrialLauncher:
+        """The launcher of ``workers`` trials at a time: they share the cores instead of each taking all of them."""
+        threads = max(1, len(os.sched_getaffinity(0)) // workers) if workers > 1 else None
+        return cls(launch, threads, fit_args)
+
     def start(self, argv: list[str], spec: dict[str, Any], log_path: Path, plain: bool = False) -> TrialProcess:
         """Start one trial: ``mlplab fit`` with ``argv``, reporting to the trial in ``spec``, its output in ``log_path``."""
         if self.context is None or plain:

@@ -84,20 +84,27 @@ def as_override(key: str, value: Any) -> str:
 def load_space(path: str | Path) -> list[Parameter]:
     """The parameters in ``path``; ConfigError naming the file and the key for anything malformed."""
     source = str(path)
-    try:
-        raw = yaml.safe_load(Path(path).read_text())
-    except OSError as err:
-        raise ConfigError(f"--space {source!r} cannot be read: {err.strerror or err}.") from err
-    except yaml.YAMLError as err:
-        mark = getattr(err, "problem_mark", None)
-        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        raise ConfigError(f"--space {source!r} is not valid YAML{where}: {getattr(err, 'problem', None) or err}.") from err
+    raw = read_yaml_option("--space", source)
     if not isinstance(raw, dict) or not raw:
         raise ConfigError(
             f"--space {source!r} must map dotted config keys to distributions, e.g. "
             "`model.optimizer.init_args.lr: {type: float, low: 1.0e-4, high: 3.0e-2, log: true}`."
         )
     return [parse_parameter(str(key), spec, source) for key, spec in raw.items()]
+
+
+def read_yaml_option(option: str, path: str, loader: type[yaml.SafeLoader] = yaml.SafeLoader) -> Any:
+    """The YAML of the file an option names (``--space``, ``--variants``); ConfigError naming the option, file and line."""
+    try:
+        text = Path(path).read_text()
+    except OSError as err:
+        raise ConfigError(f"{option} {path!r} cannot be read: {err.strerror or err}.") from err
+    try:
+        return yaml.load(text, Loader=loader)  # (a SafeLoader or a subclass of it)
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        raise ConfigError(f"{option} {path!r} is not valid YAML{where}: {getattr(err, 'problem', None) or err}.") from err
 
 
 def parse_parameter(key: str, spec: Any, source: str) -> Parameter:

@@ -23,7 +23,6 @@ from __future__ import annotations
 import itertools
 import re
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import yaml
@@ -31,7 +30,7 @@ import yaml
 from mlplab.cli.config_sources import dotted_keys, read_config_file
 from mlplab.errors import ConfigError
 from mlplab.presets import resolve
-from mlplab.tune.space import as_override
+from mlplab.tune.space import as_override, read_yaml_option
 
 CONFIG_KEYS = ("config", "configs")  # a variant's files to compose, in order
 # what a variant may not set: each run's seed comes from --seeds (initial weights, split, shuffle, augmentation)
@@ -75,17 +74,9 @@ UniqueKeyLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, 
 def load_variants(path: str) -> list[Variant]:
     """The variants of ``path``; ConfigError naming the file, the variant and the key for anything malformed."""
     try:
-        text = Path(path).read_text()
-    except OSError as err:
-        raise ConfigError(f"--variants {path!r} cannot be read: {err.strerror or err}.") from err
-    try:
-        raw = yaml.load(text, Loader=UniqueKeyLoader)
-    except ConfigError as err:
+        raw = read_yaml_option("--variants", path, UniqueKeyLoader)
+    except ConfigError as err:  # (a repeated key: the loader's message leaves the file to name here)
         raise ConfigError(str(err).replace("{where}", f" in --variants {path!r}")) from err
-    except yaml.YAMLError as err:
-        mark = getattr(err, "problem_mark", None)
-        where = f", line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        raise ConfigError(f"--variants {path!r} is not valid YAML{where}: {getattr(err, 'problem', None) or err}.") from err
     if not isinstance(raw, dict) or not raw:
         raise ConfigError(
             f"--variants {path!r} names no variant; give `NAME: {{key: value, ...}}` for each variant "

@@ -31,7 +31,7 @@ lint: $(STAMP)
 
 # the edit-test loop: everything but the slow tier
 test-fast: data
-	$(BIN)/python -m pytest -m "not slow"
+	$(BIN)/python -m pytest -n auto -m "not slow"
 
 # docs/img/custom_scalars.png: a full configs/mnist.yaml fit, then TensorBoard's Custom Scalars page in headless Chromium;
 # docs/img/regression_fit.png: seed 003's over-fitting run, then its last regression/fit figure on the Images page

@@ -21,9 +21,11 @@ of a/c for an mlplab no faster than the hand-written loop), then c/b paired epoc
 and a/b paired per repetition (see ``paired_ratios``). ``--breakdown`` then runs
 (c) once more with timers around its phases (training steps, batch gathering, per-batch hooks,
 validation loop, checkpoint writes) and prints milliseconds per epoch for each, the rest being
-Lightning's loop, callbacks and logging. Usage::
+Lightning's loop, callbacks and logging. ``--accelerator gpu`` runs all of it on the first CUDA
+device: (b) keeps the splits there as (c) does (``--trainer.accelerator=gpu``), (a) copies each
+batch there, and every epoch ends with a CUDA synchronisation so that its time is the GPU's. Usage::
 
-    python benchmarks/throughput.py --repeats 3 --epochs 5 [--breakdown]
+    python benchmarks/throughput.py --repeats 3 --epochs 5 [--breakdown] [--accelerator gpu]
 """
 
 from __future__ import annotations
@@ -76,10 +78,20 @@ def plain_model(hidden: list[int], dropout: float, init_std: float | None) -> nn
     return model
 
 
+DEVICE = torch.device("cpu")  # where (a), (b) and (c) run: --accelerator
+
+
+def synchronize() -> None:
+    """Wait for the device's queued work (a CUDA epoch's time is the GPU's, not the time it took to queue it)."""
+    if DEVICE.type == "cuda":
+        torch.cuda.synchronize(DEVICE)
+
+
 class PlainLoop:
     """The plain loop of (a) and (b), one epoch per call: they differ only in where batches come from."""
 
     def __init__(self, model: nn.Module, opt: type, lr: float, train_batches: Callable, val_batches: Callable) -> None:
+        model = model.to(DEVICE)
         self.model, self.train_batches, self.val_batches = model, train_batches, val_batches
         self.loss_fn, self.optimizer = nn.CrossEntropyLoss(), opt(model.parameters(), lr=lr)
 
@@ -89,12 +101,14 @@ class PlainLoop:
         start = time.perf_counter()
         model.train()
         for x, y in self.train_batches():
+            x, y = x.to(DEVICE, non_blocking=True), y.to(DEVICE, non_blocking=True)  # ((b): already there)
             optimizer.zero_grad()
             self.loss_fn(model(x), y).backward()
             optimizer.step()
         model.eval()
         with torch.no_grad():
-            correct = sum((model(x).argmax(1) == y).sum().item() for x, y in self.val_batches())
+            correct = sum((model(x.to(DEVICE)).argmax(1) == y.to(DEVICE)).sum().item() for x, y in self.val_batches())
+        synchronize()
         seconds = time.perf_counter() - start
         assert 0 <= correct <= 5000
         return seconds
@@ -112,10 +126,10 @@ def seed_pipeline(dataset: str, batch: int, model: nn.Module, opt: type, lr: flo
 
 def hand_written(batch: int, model: nn.Module, opt: type, lr: float, dm) -> PlainLoop:
     """(b) the floor: slices of in-memory tensors."""
-    (x_train, y_train), (x_val, y_val) = dm.splits["train"], dm.splits["val"]
+    (x_train, y_train), (x_val, y_val) = ((x.to(DEVICE), y.to(DEVICE)) for x, y in (dm.splits["train"], dm.splits["val"]))
 
     def train_batches():
-        order = torch.randperm(len(x_train))
+        order = torch.randperm(len(x_train), device=DEVICE)
         return ((x_train[order[i : i + batch]], y_train[order[i : i + batch]]) for i in range(0, len(order), batch))
 
     def val_batches():
@@ -135,6 +149,7 @@ def time_epochs(module, before_epoch: Callable[[], None] | None = None) -> list[
     original_start, original_end = module.on_train_epoch_start, module.on_fit_end
 
     def epoch_start() -> None:
+        synchronize()
         if epochs:
             epochs[-1].append(time.perf_counter())
         if before_epoch is not None:
@@ -143,6 +158,7 @@ def time_epochs(module, before_epoch: Callable[[], None] | None = None) -> list[
         original_start()
 
     def fit_end() -> None:
+        synchronize()
         epochs[-1].append(time.perf_counter())
         original_end()
 
@@ -159,6 +175,7 @@ def mlplab_cli(config: str, epochs: int, logs: str, *extra: str) -> MLPLabCLI:
             f"--trainer.max_epochs={epochs}",
             f"--trainer.logger.init_args.save_dir={logs}",
             "--test_after_fit=false",
+            f"--trainer.accelerator={'gpu' if DEVICE.type == 'cuda' else 'cpu'}",
             *extra,
         ],
         run=False,
@@ -265,10 +282,17 @@ def main() -> None:
     parser.add_argument("--models", nargs="*", default=list(MODELS))
     parser.add_argument("--compile", action="store_true", help="also time (e) mlplab fit --model.compile=true")
     parser.add_argument("--breakdown", action="store_true", help="then time the phases of one more (c) run")
+    parser.add_argument("--accelerator", choices=["cpu", "gpu"], default="cpu", help="gpu: (a), (b) and (c) on the first CUDA device")
     args = parser.parse_args()
+    if args.accelerator == "gpu":
+        if not torch.cuda.is_available():
+            sys.exit("--accelerator gpu: torch sees no CUDA device on this machine.")
+        global DEVICE
+        DEVICE = torch.device("cuda", 0)
     sys.argv = sys.argv[:1]  # the in-process mlplab CLI gets its own arguments, not the benchmark's
+    where = torch.cuda.get_device_name(DEVICE) if DEVICE.type == "cuda" else "CPU"
     print(
-        f"torch {torch.__version__}, {torch.get_num_threads()} threads, repeats={args.repeats}, epochs/run={args.epochs} (first not counted)"
+        f"{where}, torch {torch.__version__}, {torch.get_num_threads()} threads, repeats={args.repeats}, epochs/run={args.epochs} (first not counted)"
     )
     for name in args.models:
         config, dataset, batch, hidden, dropout, init_std, opt, lr = MODELS[name]

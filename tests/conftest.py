@@ -35,7 +35,6 @@ FILE_NAMES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images
 SLOW_MODULES = {
     "test_e2e",
     "test_ddp",
-    "test_faults",
     "test_notebooks",
     "test_dashboard",
     "test_logging_contract",

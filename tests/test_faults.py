@@ -303,6 +303,7 @@ def test_real_mnist_file_with_wrong_checksum_is_refused(real_mnist, tmp_path, mo
     assert (raw_dir / "train-labels-idx1-ubyte").stat().st_size == 60008 - 5  # reported, never replaced or used
 
 
+@pytest.mark.slow  # (real processes, killed or signalled)
 def test_download_killed_midway_leaves_no_file_a_later_run_trusts(tmp_path):
     script = textwrap.dedent(f"""
         import os, signal
@@ -366,6 +367,7 @@ def reference(tmp_path_factory) -> tuple[dict, dict]:
     return uninterrupted(tmp_path_factory, "faults_reference")
 
 
+@pytest.mark.slow  # (real processes, killed or signalled)
 def test_sigkill_mid_epoch_then_resume_equals_uninterrupted_run(workdir, reference):
     killed = mlplab(workdir, "fit", *tiny_args(), "--trainer.callbacks+=faulthelpers.SignalAtStep", "--trainer.callbacks.step=10")
     assert killed.returncode == -signal.SIGKILL  # a real SIGKILL in epoch 1 (7 steps per epoch)
@@ -376,6 +378,7 @@ def test_sigkill_mid_epoch_then_resume_equals_uninterrupted_run(workdir, referen
     assert not (workdir / "logs" / "tiny" / "version_1").exists()  # the resumed run continued in its own folder
 
 
+@pytest.mark.slow  # (real processes, killed or signalled)
 def test_ctrl_c_saves_a_mid_epoch_checkpoint_that_resumes_exactly(workdir, reference):
     interrupted = mlplab(
         workdir,
@@ -398,6 +401,35 @@ def test_ctrl_c_saves_a_mid_epoch_checkpoint_that_resumes_exactly(workdir, refer
     assert_same_training(reference, final_state(workdir, 0))
 
 
+@pytest.mark.parametrize(
+    ("steps_per_call", "signal_step", "stopped_after", "served"),
+    [(4, 9, 10, 3), (1, 10, 11, 4)],
+    ids=["mid-group (third batch of a group of 4)", "Lightning's own step"],
+)
+def test_ctrl_c_inside_a_group_or_on_lightnings_step_resumes_exactly(
+    workdir, reference, monkeypatch, capsys, caplog, steps_per_call, signal_step, stopped_after, served
+):
+    """The speed path stops after the step the signal came in, wherever that is in its group; the resumed run equals the reference bit for bit.
+
+    (The reference trains with 2 steps per call: grouping changes no weight and no logged value.)
+    """
+    grouping = f"--model.steps_per_call={steps_per_call}"
+    signal_at = [
+        "--trainer.callbacks+=faulthelpers.SignalAtStep",
+        f"--trainer.callbacks.step={signal_step}",
+        "--trainer.callbacks.signal_name=SIGINT",
+    ]
+    interrupted = mlplab_in_process(workdir, monkeypatch, capsys, "fit", *tiny_args(), grouping, *signal_at)
+    output = interrupted.stdout + interrupted.stderr + caplog.text  # (Lightning's info lines go to its logger)
+    assert interrupted.returncode == 1 and f"interrupted in epoch 1 after optimizer step {stopped_after}" in output, output[-3000:]
+    saved = torch.load(workdir / "logs/tiny/version_0/checkpoints/last.ckpt", weights_only=True)
+    assert saved["global_step"] == stopped_after and saved["TinyDataModule"]["train_position"] == {"epoch": 1, "batches_served": served}
+    resumed = mlplab_in_process(workdir, monkeypatch, capsys, "fit", *tiny_args(), grouping, "--ckpt_path=last")
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert_same_training(reference, final_state(workdir, 0))
+
+
+@pytest.mark.slow  # (real processes, killed or signalled)
 def test_sigterm_mid_epoch_saves_a_checkpoint_exits_143_and_resumes_exactly(workdir, reference):
     """What SLURM or Kubernetes send before killing a preempted job: the job must not look finished."""
     terminated = mlplab(
@@ -416,7 +448,7 @@ def test_sigterm_mid_epoch_saves_a_checkpoint_exits_143_and_resumes_exactly(work
 
 
 def test_a_damaged_last_checkpoint_is_named_with_the_checkpoints_that_do_load(workdir, monkeypatch, capsys):
-    first = mlplab(workdir, "fit", *tiny_args(2), "--test_after_fit=false")
+    first = mlplab_in_process(workdir, monkeypatch, capsys, "fit", *tiny_args(2), "--test_after_fit=false")
     assert first.returncode == 0, first.stderr[-3000:]
     folder = workdir / "logs/tiny/version_0/checkpoints"
     best = [p.name for p in folder.glob("epoch*.ckpt")]
@@ -440,6 +472,7 @@ def test_unreadable_checkpoint_file_says_what_is_wrong_with_it(tmp_path):
         check_checkpoint_file(text)
 
 
+@pytest.mark.slow  # (real processes, killed or signalled)
 def test_checkpoint_write_killed_midway_keeps_the_previous_file(tmp_path):
     path = tmp_path / "last.ckpt"
     script = textwrap.dedent(f"""
@@ -462,12 +495,13 @@ def test_checkpoint_write_killed_midway_keeps_the_previous_file(tmp_path):
 
 
 @pytest.fixture
-def trained_checkpoint(tmp_path_factory) -> Path:
+def trained_checkpoint(tmp_path_factory, monkeypatch, capsys) -> Path:
     """The last.ckpt of one epoch on the tiny data, trained once per test session (tests only read it)."""
 
     def produce(folder: Path) -> dict:
         prepare_workdir(folder)
-        result = mlplab(folder, "fit", *tiny_args(1))
+        with monkeypatch.context() as scoped:  # (the fit's working folder and sys.path only while it runs)
+            result = mlplab_in_process(folder, scoped, capsys, "fit", *tiny_args(1))
         assert result.returncode == 0, result.stderr[-3000:]
         return {"last": str(folder / "logs" / "tiny" / "version_0" / "checkpoints" / "last.ckpt")}
 
@@ -501,20 +535,15 @@ def test_checkpoint_that_runs_code_on_load_is_refused(workdir, trained_checkpoin
 
 
 def test_checkpoint_of_another_shape_names_the_mismatching_layers(workdir, trained_checkpoint):
-    script = textwrap.dedent(f"""
-        import torch
-        from mlplab import LitMLP
-        from mlplab.errors import ConfigError
-        state = torch.load({str(trained_checkpoint)!r}, weights_only=True)["state_dict"]
-        for load in (lambda: LitMLP(hidden_dims=[8]).load_state_dict(state), lambda: LitMLP.load_from_checkpoint({str(trained_checkpoint)!r}, hidden_dims=[8])):
-            try:
-                load()
-            except ConfigError as err:
-                print(err)
-    """)
-    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
-    messages = result.stdout.strip().splitlines()
-    assert len(messages) == 2, result.stdout + result.stderr
+    state = torch.load(trained_checkpoint, weights_only=True)["state_dict"]
+    messages = []
+    for load in (
+        lambda: LitMLP(hidden_dims=[8]).load_state_dict(state),
+        lambda: LitMLP.load_from_checkpoint(trained_checkpoint, hidden_dims=[8]),
+    ):
+        with pytest.raises(ConfigError) as refused:
+            load()
+        messages.append(str(refused.value))
     for message in messages:
         assert "net.hidden.0.branch.0.weight is [16, 784] in the checkpoint but [8, 784] in this model" in message, message
         assert "net.output.weight is [10, 16] in the checkpoint but [10, 8] in this model" in message, message
@@ -523,6 +552,7 @@ def test_checkpoint_of_another_shape_names_the_mismatching_layers(workdir, train
 # ---------------------------------------------------------------- concurrency
 
 
+@pytest.mark.slow  # (real processes, killed or signalled)
 def test_two_runs_started_together_get_distinct_folders(workdir):
     runs = [mlplab(workdir, "fit", *tiny_args(2), wait=False) for _ in range(2)]
     outputs = [run.communicate(timeout=300) for run in runs]

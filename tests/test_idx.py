@@ -63,3 +63,18 @@ def test_empty_shape_too_large_to_index_is_a_data_error(tmp_path):
     path.write_bytes(b"\x00\x00\x0e\x03" + b"\x39\x00\x00\x00" + b"\x48\x00\x00\x00" + b"\x00\x00\x00\x00")
     with pytest.raises(DataError, match=r"x.idx is corrupt: its header's shape \(956301312, 1207959552, 0\) cannot be held"):
         read_idx(path)
+
+
+def test_kept_decoded_files_are_read_once_served_as_copies_and_read_again_when_changed(tmp_path, monkeypatch):
+    from mlplab.data import idx
+
+    monkeypatch.setattr(idx, "_DECODED", None)
+    path = write_idx(tmp_path / "images.gz", torch.arange(24, dtype=torch.uint8).view(2, 3, 4))
+    idx.keep_decoded_files()
+    first = read_idx(path)
+    first.zero_()  # a caller's tensor is its own: the kept array stays as read
+    decodes, decode = [], idx._decode
+    monkeypatch.setattr(idx, "_decode", lambda p: decodes.append(p) or decode(p))
+    assert torch.equal(read_idx(path), torch.arange(24, dtype=torch.uint8).view(2, 3, 4)) and decodes == []
+    write_idx(path, torch.ones(5, 2, dtype=torch.uint8))  # changed on disk: read anew
+    assert torch.equal(read_idx(path), torch.ones(5, 2, dtype=torch.uint8)) and decodes == [path]

@@ -125,3 +125,24 @@ def test_fitted_transform_is_restored_from_checkpoint(tiny_dm_factory, tmp_path,
     assert torch.allclose(restored.preprocessor(x), dm.preprocessor(x), atol=1e-5)
     assert restored.preprocessor.image_size == ((28, 28) if deskew else None)
     assert torch.allclose(restored(x), model.eval()(x), atol=1e-5)
+
+
+def test_a_cached_spectrum_is_bit_for_bit_the_computed_one_and_serves_every_pca_size(tmp_path, correlated, monkeypatch):
+    from mlplab.data import spectrum_cache
+
+    computed = pca_spectrum(correlated)
+    monkeypatch.setattr(spectrum_cache, "_folder", None)
+    spectrum_cache.use_folder(tmp_path)
+    first = pca_spectrum(correlated)  # computed and stored
+    (entry,) = tmp_path.glob("spectrum-*.pt")
+    calls = []
+    monkeypatch.setattr("mlplab.data.preprocessing._compute_spectrum", lambda x: calls.append(x) or computed)
+    loaded = [fit_preprocessor("pca", correlated, k) for k in (3, 7)]  # both served by the stored entry
+    assert calls == [] and all(torch.equal(a, b) for a, b in zip(first, computed, strict=True))
+    plain = [Preprocessor().set_(computed[0], torch.ones(1), computed[2][:, :k]) for k in (3, 7)]
+    assert all(torch.equal(a(correlated), b(correlated)) for a, b in zip(loaded, plain, strict=True))
+    pca_spectrum(correlated + 1e-3)  # other data: another entry, computed
+    assert len(calls) == 1 and len(list(tmp_path.glob("spectrum-*.pt"))) == 2 and entry.is_file()
+    key = spectrum_cache.key_of(correlated)
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 97)  # another thread count would compute other last bits
+    assert spectrum_cache.key_of(correlated) != key

@@ -168,6 +168,10 @@ class IDXDataModule(InMemoryDataModule):
             for file in self.source.files:
                 verified_path(self.raw_dir, file)
 
+    def verified_files(self) -> list[Path]:
+        """The data set's four files, each after its MD5 check (DataError when one is missing or wrong)."""
+        return [verified_path(self.raw_dir, file) for file in self.source.files]
+
     def load_split(self, train: bool) -> tuple[Tensor, Tensor]:
         """Read the official training or test images/labels as float images in [0, 1] and int64 labels."""
         source = self.source

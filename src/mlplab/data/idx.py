@@ -57,6 +57,23 @@ def open_maybe_gzip(path: Path) -> bytes:
     return data
 
 
+# decoded files kept by a process that asked for it (keep_decoded_files): (path, size, mtime) -> read-only array
+_DECODED: dict[tuple[str, int, int], np.ndarray] | None = None
+
+
+def keep_decoded_files() -> None:
+    """From now on, keep every IDX file this process reads decoded in memory, and serve later reads of it from there.
+
+    For the fork server of ``mlplab tune`` (:mod:`mlplab.tune.warm`): it reads the study's data set once,
+    and each trial forked from it finds the decoded arrays in the memory it inherits (shared with the
+    server until written, and never written: every read returns a copy) instead of reading and
+    decoding the files again. A file that changed on disk (size or modification time) is read anew.
+    """
+    global _DECODED
+    if _DECODED is None:
+        _DECODED = {}
+
+
 def read_idx(path: str | os.PathLike) -> torch.Tensor:
     """Read an IDX file (raw or ``.gz``) into a tensor of its stored shape and type.
 
@@ -67,6 +84,18 @@ def read_idx(path: str | os.PathLike) -> torch.Tensor:
     path = Path(path)
     if not path.is_file():
         raise DataError(f"IDX file {path} does not exist.")
+    if _DECODED is None:
+        return torch.from_numpy(_decode(path))
+    stat = path.stat()
+    key = (str(path.resolve()), stat.st_size, stat.st_mtime_ns)
+    if key not in _DECODED:
+        _DECODED[key] = _decode(path)
+        _DECODED[key].flags.writeable = False
+    return torch.from_numpy(_DECODED[key].copy())
+
+
+def _decode(path: Path) -> np.ndarray:
+    """The array of the IDX file ``path``, in native byte order (see :func:`read_idx`)."""
     data = open_maybe_gzip(path)
     if len(data) < 4 or data[0] != 0 or data[1] != 0 or data[2] not in _TYPE_CODES:
         raise DataError(
@@ -89,7 +118,7 @@ def read_idx(path: str | os.PathLike) -> torch.Tensor:
         array = np.frombuffer(data, dtype=dtype, offset=header_end).reshape(shape)
     except ValueError as err:  # an empty shape whose other dimensions multiply past what numpy can index
         raise DataError(f"{path} is corrupt: its header's shape {shape} cannot be held as an array ({err}).") from err
-    return torch.from_numpy(array.astype(dtype.newbyteorder("="), copy=True))
+    return array.astype(dtype.newbyteorder("="), copy=True)
 
 
 def write_idx(path: str | os.PathLike, tensor: torch.Tensor) -> Path:

@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from mlplab.data import spectrum_cache
 from mlplab.errors import ConfigError
 
 
@@ -130,7 +131,14 @@ class Preprocessor(nn.Module):
 
 
 def pca_spectrum(x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-    """Mean, eigenvalues (descending) and eigenvectors (columns) of the covariance of ``x`` flattened to (N, D)."""
+    """Mean, eigenvalues (descending) and eigenvectors (columns) of the covariance of ``x`` flattened to (N, D).
+
+    Loaded from the study's cache instead when a trial of ``mlplab tune`` already computed it (:mod:`~mlplab.data.spectrum_cache`).
+    """
+    return spectrum_cache.cached(_compute_spectrum, x)
+
+
+def _compute_spectrum(x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
     x = x.flatten(1).double()
     mean = x.mean(dim=0)
     centred = x - mean

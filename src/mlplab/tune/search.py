@@ -30,6 +30,7 @@ from mlplab.tune.study import COUNTED_STATES, counted_trials, open_study
 
 # Trainer arguments whose values may make a trial run several processes (Lightning's launcher re-runs the command)
 MULTI_PROCESS_KEYS = ("trainer.devices", "trainer.num_nodes", "trainer.strategy")
+SPECTRUM_CACHE = ".spectrum_cache"  # the study's PCA decompositions, computed once for all its trials (mlplab.data.spectrum_cache)
 
 
 @dataclass
@@ -86,6 +87,7 @@ class TuneRun:
             "storage": self.storage_url, "study": trial.study.study_name, "trial_id": trial._trial_id,
             "metric": self.options.metric, "direction": self.options.direction, "result_file": str(result_file),
             "pruner": self.options.pruner, "pruner_startup_trials": self.options.pruner_startup_trials,
+            "spectrum_cache": str(self.folder / SPECTRUM_CACHE),
         }  # fmt: skip
         # (Trial._trial_id: the storage's key of this trial, what a second process needs to report to it; Optuna
         # has no public accessor for it on a running trial)

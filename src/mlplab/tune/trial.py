@@ -29,6 +29,7 @@ from lightning.pytorch import Callback, LightningModule, Trainer
 from optuna_integration import PyTorchLightningPruningCallback
 
 from mlplab.cli import main
+from mlplab.data import spectrum_cache
 from mlplab.data.idx import atomic_write_bytes
 from mlplab.tune.launch import TRIAL_ENV
 from mlplab.tune.storage import open_storage
@@ -101,6 +102,7 @@ def _die_with_parent() -> None:
 
 def run_trial(argv: list[str], spec: dict[str, Any]) -> None:
     """``mlplab fit`` with ``argv``, reporting to the trial named in ``spec``."""
+    spectrum_cache.use_folder(Path(spec["spectrum_cache"]))
     pruner = make_pruner(spec["pruner"], spec["pruner_startup_trials"])
     study = optuna.load_study(study_name=spec["study"], storage=open_storage(spec["storage"], prepared=True), pruner=pruner)
     # (Optuna documents the Trial constructor as not meant for direct use; it is how a second process acts on a

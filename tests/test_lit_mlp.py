@@ -4,7 +4,7 @@ import functools
 
 import pytest
 import torch
-from lightning.pytorch import seed_everything
+from lightning.pytorch import Callback, seed_everything
 
 from mlplab import LitMLP
 from tests.conftest import quiet_trainer
@@ -104,3 +104,33 @@ def test_lr_reads_the_injected_optimizers_learning_rate_and_applies_a_new_one(ti
     trainer.save_checkpoint(checkpoint)
     reloaded = LitMLP.load_from_checkpoint(checkpoint)
     assert reloaded.lr == pytest.approx(finder.suggestion())
+
+
+class SpoilWeightsAtEpoch(Callback):
+    """Zero the model's weights as epoch ``epoch``'s validation starts (it scores worse); records val/acc and val/acc_best per epoch."""
+
+    def __init__(self, epoch: int) -> None:
+        self.epoch, self.history = epoch, []
+
+    def on_validation_start(self, trainer, pl_module):
+        if trainer.current_epoch == self.epoch and not trainer.sanity_checking:
+            with torch.no_grad():
+                for parameter in pl_module.net.parameters():
+                    parameter.zero_()  # every class scores the same: the accuracy of always answering class 0
+
+    def on_validation_end(self, trainer, pl_module):  # (after the module logged the epoch's metrics)
+        if not trainer.sanity_checking:
+            self.history.append((trainer.callback_metrics["val/acc"].item(), trainer.callback_metrics["val/acc_best"].item()))
+
+
+def test_val_acc_best_keeps_the_best_epoch_when_the_run_gets_worse(tiny_dm_factory, tmp_path):
+    seed_everything(0)
+    spoil = SpoilWeightsAtEpoch(3)
+    model = LitMLP(hidden_dims=[32], optimizer=functools.partial(torch.optim.Adam, lr=3e-3))
+    trainer = quiet_trainer(tmp_path, max_epochs=4, enable_checkpointing=False, callbacks=[spoil])
+    trainer.fit(model, datamodule=tiny_dm_factory(batch_size=20))
+    accs = [acc for acc, _ in spoil.history]
+    assert max(accs[:3]) > 0.5 and accs[3] < max(accs[:3]) - 0.2, accs  # it got worse at epoch 3
+    assert [best for _, best in spoil.history] == [max(accs[: i + 1]) for i in range(len(accs))]  # the running best, never the last
+    assert trainer.callback_metrics["val/acc_best"].item() == max(accs) > accs[-1]
+    assert trainer.callback_metrics["hp_metric"].item() == max(accs)

@@ -292,7 +292,8 @@ def postgres_url():
 @pytest.mark.slow
 def test_two_processes_join_one_study_in_postgresql(workdir, postgres_url):  # noqa: F811
     write_space(workdir)
-    args = tune_args("shared", 4, "--storage", postgres_url)
+    (workdir / "meet.py").write_text(MEET_CALLBACK)  # the first trial of each process waits for the other's: they run together
+    args = (*tune_args("shared", 4, "--storage", postgres_url), "--trainer.callbacks+=meet.MeetAnotherTrial")
     first, second = (mlplab(workdir, *args, wait=False) for _ in range(2))
     outputs = [process.communicate(timeout=400) for process in (first, second)]
     assert first.returncode == 0 and second.returncode == 0, [err[-3000:] for _, err in outputs]

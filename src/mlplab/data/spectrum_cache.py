@@ -5,7 +5,7 @@ differing in other settings (the number of PCA components among them), and each 
 ``pca_whiten`` or ``zca_whiten`` fit starts with the same eigendecomposition of the split's
 covariance: about a second on two cores for Fashion-MNIST's 55 000 × 784 images, in every trial.
 One decomposition serves every PCA size, so a trial process given a cache folder (the tune process
-passes ``<study folder>/cache``, see :func:`use_folder`) stores it there and the later trials load it.
+passes ``<study folder>/.spectrum_cache``, see :func:`use_folder`) stores it there and the later trials load it.
 
 An entry's key is the SHA-1 of the split's bytes together with its shape, dtype, the torch version
 and the number of torch threads (a matrix product's last bits depend on how it is split among
